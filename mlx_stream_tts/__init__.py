@@ -1,0 +1,33 @@
+"""mlx_stream_tts: English text streams (e.g. Claude Code output) to spoken Japanese, on MLX.
+
+Importing the package first makes MLX's CPU backend use OpenBLAS on Linux (see ``_blas.py``); that
+only works if nothing imported ``mlx.core`` earlier in the process. The public names load on first
+use so that ``import mlx_stream_tts`` (and the CLI's ``--dry-run``) stays light.
+"""
+
+from importlib import import_module
+
+from ._blas import ensure_fast_blas
+
+ensure_fast_blas()
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "Pipeline": ".pipeline",
+    "SentenceChunker": ".chunking",
+    "chunk_sentences": ".chunking",
+    "parse_stream_json": ".claude",
+    "Translator": ".translate",
+    "Voice": ".voice",
+}
+
+__all__ = [*_PUBLIC, "ensure_fast_blas"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mlx_stream_tts' has no attribute {name!r}")

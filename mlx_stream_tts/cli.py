@@ -1,0 +1,259 @@
+"""The `mlx-stream-tts` command: speak a Claude Code stream (or plain text) as it arrives.
+
+    claude -p "..." --output-format stream-json --verbose --include-partial-messages | mlx-stream-tts speak
+    mlx-stream-tts speak notes.md --out notes.wav
+    mlx-stream-tts convert nllb facebook/nllb-200-distilled-600M --out ~/.cache/mlx_stream_tts/nllb-200-distilled-600M
+    mlx-stream-tts convert kokoro
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+logger = logging.getLogger("mlx_stream_tts")
+
+_READ_SIZE = 65536
+
+
+def _read_pieces(stream: BinaryIO) -> Iterator[bytes]:
+    """Yield bytes as soon as they arrive (a live pipe gives partial lines: don't wait for EOF)."""
+    fd = stream.fileno() if hasattr(stream, "fileno") else None
+    while True:
+        try:
+            data = os.read(fd, _READ_SIZE) if fd is not None else stream.read1(_READ_SIZE)
+        except (AttributeError, OSError):
+            data = stream.read(_READ_SIZE)
+        if not data:
+            return
+        yield data
+
+
+def iter_text(stream: BinaryIO, fmt: str = "auto", tools: bool = False) -> Iterator[str]:
+    """Turn an input byte stream into the text pieces to speak, as they arrive.
+
+    Args:
+        stream: binary input (stdin or a file).
+        fmt: "stream-json", "text", or "auto" (stream-json if the first non-blank line is a JSON object
+            with a "type", else plain text).
+        tools: speak a short summary of each tool call (stream-json only).
+    """
+    from .claude import StreamJsonReader, looks_like_stream_json
+
+    pieces = _read_pieces(stream)
+    head = b""
+    if fmt == "auto":
+        # Peek until the first non-blank line is complete (or the input ends).
+        for data in pieces:
+            head += data
+            stripped = head.lstrip()
+            if b"\n" in stripped or len(stripped) > 1 << 20:
+                break
+        first = head.lstrip().split(b"\n", 1)[0]
+        fmt = "stream-json" if looks_like_stream_json(first) else "text"
+        logger.debug("input format: %s", fmt)
+    if fmt == "stream-json":
+        reader = StreamJsonReader(tools=tools)
+        if head:
+            yield from reader.feed(head)
+        for data in pieces:
+            yield from reader.feed(data)
+        yield from reader.finish()
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    if head:
+        yield decoder.decode(head)
+    for data in pieces:
+        text = decoder.decode(data)
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def _open_input(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as err:
+        raise SystemExit(f"mlx-stream-tts: cannot read {path}: {err.strerror}") from None
+
+
+def _speak(args: argparse.Namespace) -> int:
+    from .chunking import SentenceChunker, speakable
+
+    translate = args.to.lower() not in ("none", "off", "")
+    stream = _open_input(args.input)
+    pieces = iter_text(stream, args.format, tools=args.tools)
+
+    if args.dry_run:
+        # Same chunking and cleanup as the real run, without loading any model.
+        lang = "en" if translate else args.lang
+        chunker = SentenceChunker(lang=lang)
+        out = sys.stdout
+        for piece in pieces:
+            for sentence in chunker.feed(piece):
+                _print_speakable(out, speakable(sentence, lang, code=args.code))
+        for sentence in chunker.flush():
+            _print_speakable(out, speakable(sentence, lang, code=args.code))
+        return 0
+
+    from .audio import AudioDeviceError, open_sink
+    from .pipeline import Pipeline
+
+    translator = None
+    src_lang = tgt_lang = None
+    if translate:
+        from .translate import Translator, default_model_dir, resolve_lang
+
+        try:
+            src_lang, tgt_lang = resolve_lang(args.source), resolve_lang(args.to)
+        except ValueError as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+        model_dir = args.model_dir or default_model_dir()
+        try:
+            translator = Translator.load(model_dir)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+    voice = None
+    if not args.no_voice:
+        from .voice import Voice
+
+        try:
+            voice = Voice.load(args.voice_dir, voice=args.voice)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+    try:
+        sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play)
+    except AudioDeviceError as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+    # Subtitles go to stderr when stdout carries PCM.
+    subtitle_out = sys.stderr if args.pcm else sys.stdout
+
+    # A sentence is "spoken" when its first audio reaches the sink (or when done, with no voice).
+    subtitle_stage = "first_audio" if voice is not None else "done"
+
+    def on_event(event) -> None:
+        if args.text and event.stage == subtitle_stage:
+            print(event.text, file=subtitle_out, flush=True)
+        elif event.stage == "error":
+            logger.warning("sentence %d failed: %s", event.seq, event.error)
+
+    pipeline = Pipeline(
+        translator=translator,
+        voice=voice,
+        sink=sink,
+        src_lang=src_lang or "eng_Latn",
+        tgt_lang=tgt_lang or "jpn_Jpan",
+        lang="en" if translate else args.lang,
+        speed=args.speed,
+        code=args.code,
+        on_event=on_event,
+    )
+    try:
+        for piece in pieces:
+            pipeline.feed(piece)
+        pipeline.close()
+    except KeyboardInterrupt:
+        pipeline.cancel()
+        pipeline.close()
+        print("\nmlx-stream-tts: stopped.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _print_speakable(out, text: str) -> None:
+    if text:
+        print(text, file=out, flush=True)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    return args.convert_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mlx-stream-tts",
+        description="Speak a stream of English text (e.g. Claude Code output) in Japanese, locally, on MLX.",
+        formatter_class=fmt,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    speak = sub.add_parser(
+        "speak",
+        help="speak Claude Code stream-json or plain text from a file or stdin, as it arrives",
+        formatter_class=fmt,
+    )
+    speak.add_argument("input", nargs="?", default="-", help="input file, or - for stdin")
+    speak.add_argument("--format", choices=["auto", "stream-json", "text"], default="auto", help="input format")
+    speak.add_argument("--to", default="ja", help="target language (ja, jpn_Jpan, ...), or 'none' to speak the text as it is")
+    speak.add_argument("--from", dest="source", default="eng_Latn", help="source language of the text")
+    speak.add_argument("--lang", default="ja", help="language of the input text when --to none (for sentence splitting)")
+    speak.add_argument("--voice", default="jf_alpha", help="Kokoro voice name")
+    speak.add_argument("--speed", type=float, default=1.0, help="speech speed factor")
+    speak.add_argument("--out", metavar="FILE.wav", help="write the speech to a WAV file instead of playing it")
+    speak.add_argument("--pcm", action="store_true", help="write raw 16-bit 24 kHz mono PCM to stdout (| aplay -f S16_LE -r 24000)")
+    speak.add_argument("--no-play", action="store_true", help="synthesize but do not play (timing runs)")
+    speak.add_argument("--no-voice", action="store_true", help="no speech at all (with --text: subtitles only)")
+    speak.add_argument("--text", action="store_true", help="print each sentence as it is spoken, like subtitles")
+    speak.add_argument("--dry-run", action="store_true", help="print the sentences that would be spoken, one per line, and exit without loading any model")
+    speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
+    speak.add_argument("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
+    speak.add_argument("--model-dir", help="converted NLLB model folder (default: the cache folder)")
+    speak.add_argument("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
+    speak.set_defaults(func=_speak)
+
+    convert = sub.add_parser("convert", help="convert model weights to this package's MLX format", formatter_class=fmt)
+    add_convert_commands(convert)
+    return parser
+
+
+def add_convert_commands(parser: argparse.ArgumentParser) -> None:
+    """Mount `nllb` and `kokoro` conversion subcommands (shared with `python -m convert`)."""
+    from convert import kokoro as convert_kokoro
+    from convert import nllb as convert_nllb
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    kinds = parser.add_subparsers(dest="model", required=True)
+    for name, module, help_text in (
+        ("nllb", convert_nllb, "NLLB-200 / M2M100 (hub id or local folder) -> MLX"),
+        ("kokoro", convert_kokoro, "Kokoro-82M (the shipped int8 ONNX, or the PyTorch checkpoint) -> MLX"),
+    ):
+        p = kinds.add_parser(name, help=help_text, formatter_class=fmt)
+        module.add_arguments(p)
+        p.set_defaults(func=_convert, convert_run=module.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "speak":
+        if args.pcm and args.out:
+            parser.error("--pcm and --out are exclusive")
+        if args.speed <= 0:
+            parser.error("--speed must be positive")
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\nmlx-stream-tts: stopped.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
