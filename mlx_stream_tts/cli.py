@@ -23,12 +23,13 @@ _READ_SIZE = 65536
 
 def _read_pieces(stream: BinaryIO) -> Iterator[bytes]:
     """Yield bytes as soon as they arrive (a live pipe gives partial lines: don't wait for EOF)."""
-    fd = stream.fileno() if hasattr(stream, "fileno") else None
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # in-memory streams have no descriptor
+        fd = None
+    read = getattr(stream, "read1", stream.read)
     while True:
-        try:
-            data = os.read(fd, _READ_SIZE) if fd is not None else stream.read1(_READ_SIZE)
-        except (AttributeError, OSError):
-            data = stream.read(_READ_SIZE)
+        data = os.read(fd, _READ_SIZE) if fd is not None else read(_READ_SIZE)
         if not data:
             return
         yield data
