@@ -135,7 +135,7 @@ def _speak(args: argparse.Namespace) -> int:
 
     try:
         sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play)
-    except AudioDeviceError as err:
+    except (AudioDeviceError, OSError) as err:
         raise SystemExit(f"mlx-stream-tts: {err}") from None
 
     # Subtitles go to stderr when stdout carries PCM.
@@ -165,6 +165,9 @@ def _speak(args: argparse.Namespace) -> int:
         for piece in pieces:
             pipeline.feed(piece)
         pipeline.close()
+    except AudioDeviceError as err:  # the device failed once audio started
+        pipeline.cancel()
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
     except KeyboardInterrupt:
         pipeline.cancel()
         pipeline.close()

@@ -1,0 +1,641 @@
+"""The streaming pipeline: text pieces in, audio out, every stage on its own thread.
+
+::
+
+    feed(piece) -> chunker -> [text q] -> translate worker -> [voice q] -> voice worker -> [audio q] -> sink worker
+
+The chunker runs in the caller's thread inside ``feed``; each arrow is a bounded ``queue.Queue``, so a
+slow stage pushes back on the ones before it and ``feed`` blocks only when everything is full. Items
+carry a sequence number and a *generation*: ``cancel()`` bumps the generation, and every stage drops
+items of an older one without working on them. ``flush()`` sends a barrier down the queues and waits
+for it to reach the end; ``close()`` sends the end-of-stream sentinel the same way.
+
+The translator and the voice are called only from their own worker thread: MLX arrays are bound to
+the thread that built them, so those stages hand over Python strings and numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import NullSink
+from .chunking import SentenceChunker, code_cue, is_code_block, speakable
+from .types import SAMPLE_RATE, SinkLike, TranslatorLike, VoiceLike
+
+logger = logging.getLogger(__name__)
+
+#: Event stages, in the order a sentence goes through them.
+STAGES = ("fed", "chunked", "translated", "first_audio", "done", "skipped", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to one sentence.
+
+    Attributes:
+        seq: the sentence's sequence number (0, 1, ... in the order fed).
+        stage: one of ``STAGES``.
+        t: ``time.perf_counter()`` when it happened.
+        text: the source sentence for ``fed``, ``chunked``, ``skipped`` and ``error``; the text that
+            is spoken (translated, or the code cue) for ``translated``, ``first_audio`` and ``done``.
+        error: for ``error``: the failing stage and the exception (``"translate: ValueError(...)"``);
+            for ``skipped``: why.
+    """
+
+    seq: int
+    stage: str
+    t: float
+    text: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class SentenceTiming:
+    """What happened to one sentence and when (``time.perf_counter()`` seconds; None = not reached)."""
+
+    seq: int
+    source: str
+    spoken: str | None = None
+    fed: float | None = None
+    chunked: float | None = None
+    translated: float | None = None
+    first_audio: float | None = None
+    done: float | None = None
+    skipped: str | None = None
+    error: str | None = None
+    audio_seconds: float = 0.0
+
+    @staticmethod
+    def _diff(end: float | None, start: float | None) -> float | None:
+        return None if end is None or start is None else end - start
+
+    @property
+    def chunk_latency(self) -> float | None:
+        """From the sentence's first character fed to the sentence being cut."""
+        return self._diff(self.chunked, self.fed)
+
+    @property
+    def translate_latency(self) -> float | None:
+        """From chunked to translated (queueing included)."""
+        return self._diff(self.translated, self.chunked)
+
+    @property
+    def first_audio_latency(self) -> float | None:
+        """From chunked to its first audio handed to the sink."""
+        return self._diff(self.first_audio, self.chunked)
+
+    @property
+    def fed_to_first_audio(self) -> float | None:
+        """From its first character fed to its first audio handed to the sink."""
+        return self._diff(self.first_audio, self.fed)
+
+    @property
+    def total(self) -> float | None:
+        """From chunked to all its audio handed to the sink."""
+        return self._diff(self.done, self.chunked)
+
+
+class PipelineError(RuntimeError):
+    """A pipeline worker died outside a per-sentence call (the cause is chained)."""
+
+
+# -- items travelling through the queues ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Sentence:
+    gen: int
+    seq: int
+    source: str
+
+
+@dataclass(slots=True)
+class _Spoken:
+    gen: int
+    seq: int
+    source: str
+    text: str
+
+
+@dataclass(slots=True)
+class _Audio:
+    gen: int
+    seq: int
+    source: str
+    text: str
+    audio: np.ndarray | None  # None marks the end of the sentence
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class _Barrier:
+    reached: threading.Event
+
+
+class _Stop:
+    """End of stream: each worker passes it on and returns."""
+
+
+_STOP = _Stop()
+
+
+class Pipeline:
+    """Streams text to speech through chunker, translator, voice and sink worker threads.
+
+    Args:
+        translator: translates sentences (``None``: speak the text as it is).
+        voice: speaks sentences (``None``: chunk and translate only, e.g. for subtitles).
+        sink: takes the audio (``None``: audio is produced and discarded).
+        src_lang: translator source language code.
+        tgt_lang: translator target language code.
+        lang: language of the fed text, for sentence splitting and cleanup.
+        speed: speech speed passed to the voice.
+        code: what to say for a code block: ``"cue"`` (a short spoken cue in the voice's
+            language), ``"skip"`` or ``"read"``.
+        max_pending: sentences that may wait for translation before ``feed`` blocks.
+        on_event: called with each :class:`Event`, from the thread where it happens (the caller's
+            for ``fed``/``chunked``, a worker's for the rest): it must be quick and must not call
+            back into the pipeline, or it stalls that stage. Its exceptions are logged.
+        history: how many sentences ``timings()`` remembers (older ones are forgotten).
+        max_batch: most sentences translated in one call when several are waiting.
+
+    Use as a context manager to ``close()`` on exit (``cancel()`` first if an exception, such as
+    KeyboardInterrupt, is leaving the block).
+    """
+
+    def __init__(
+        self,
+        translator: TranslatorLike | None = None,
+        voice: VoiceLike | None = None,
+        sink: SinkLike | None = None,
+        *,
+        src_lang: str = "eng_Latn",
+        tgt_lang: str = "jpn_Jpan",
+        lang: str = "en",
+        speed: float = 1.0,
+        code: str = "cue",
+        max_pending: int = 64,
+        on_event: Callable[[Event], None] | None = None,
+        history: int = 1000,
+        max_batch: int = 8,
+    ) -> None:
+        if code not in ("cue", "skip", "read"):
+            raise ValueError(f"code must be 'cue', 'skip' or 'read', got {code!r}")
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        for name, value in (("max_pending", max_pending), ("history", history), ("max_batch", max_batch)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.translator = translator
+        self.voice = voice
+        self.sink: SinkLike = sink if sink is not None else NullSink()
+        self.src_lang, self.tgt_lang, self.lang = src_lang, tgt_lang, lang
+        self.speed = speed
+        self.code = code
+        self.max_batch = max_batch
+        self.on_event = on_event
+        self.history = history
+        # The code cue is said in the language that is spoken (code_cue() takes "ja" or "jpn_Jpan").
+        self._cue_lang = voice.lang if voice is not None else tgt_lang if translator is not None else lang
+        self._sample_rate = int(getattr(voice, "sample_rate", SAMPLE_RATE))
+
+        self._text_q: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._voice_q: queue.Queue = queue.Queue(maxsize=max(2, max_batch))
+        self._audio_q: queue.Queue = queue.Queue(maxsize=16)
+
+        self._feed_lock = threading.Lock()  # the chunker and sequence numbers
+        self._chunker = SentenceChunker(lang=lang)
+        self._chunker_gen = 0
+        self._next_seq = 0
+        self._pending_since: float | None = None  # when the chunker's held text began arriving
+
+        self._gen = 0  # bumped by cancel(); read without a lock (an int read is atomic)
+        self._sink_lock = threading.Lock()  # the sink worker's check-then-write vs. cancel()
+        self._sink_opened = False
+        self._timing_lock = threading.Lock()
+        self._timings: OrderedDict[int, SentenceTiming] = OrderedDict()
+        self._crash: BaseException | None = None
+        self._crash_stage = ""
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, loop, inq, outq), name=f"mlx_stream_tts-{name}", daemon=True)
+            for name, loop, inq, outq in (
+                ("translate", self._translate_loop, self._text_q, self._voice_q),
+                ("voice", self._voice_loop, self._voice_q, self._audio_q),
+                ("sink", self._sink_loop, self._audio_q, None),
+            )
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def feed(self, text: str) -> None:
+        """Add a piece of text (any size, cut anywhere); complete sentences go on at once.
+
+        Blocks only while ``max_pending`` sentences wait for translation (back-pressure).
+
+        Raises:
+            RuntimeError: after ``close()``.
+            TypeError: when ``text`` is not a string.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"feed() takes str, got {type(text).__name__}")
+        if self._closed:
+            raise RuntimeError("the pipeline is closed")
+        if not text:
+            return
+        with self._feed_lock:
+            gen = self._sync_chunker()
+            now = time.perf_counter()
+            if self._pending_since is None and not text.isspace():
+                self._pending_since = now
+            sentences = self._chunker.feed(text)
+            if sentences:
+                self._queue_sentences(sentences, gen, now)
+                # What the chunker still holds began in this piece (or, rarely, slightly earlier).
+                self._pending_since = now if self._chunker.pending.strip() else None
+
+    def flush(self) -> None:
+        """Release the text the chunker holds and wait until everything fed so far reached the sink.
+
+        Raises:
+            The exception of a worker that died outside a per-sentence call.
+        """
+        if self._closed:
+            self._raise_crash()
+            return
+        with self._feed_lock:
+            gen = self._sync_chunker()
+            now = time.perf_counter()
+            sentences = self._chunker.flush()
+            if sentences:
+                self._queue_sentences(sentences, gen, now)
+            self._pending_since = None
+        self._wait_barrier()
+        self._raise_crash()
+
+    def close(self) -> None:
+        """Flush, let the workers finish, and close the sink. Idempotent.
+
+        Raises:
+            The exception of a worker that died outside a per-sentence call.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            except BaseException as err:
+                if err is not self._crash:
+                    self.cancel()  # interrupted (Ctrl-C) while waiting for the audio: stop it now
+                raise
+            finally:
+                self._closed = True
+                try:
+                    self._text_q.put(_STOP, timeout=10.0)
+                except queue.Full:
+                    logger.error("the pipeline's workers are stuck; abandoning them")
+                for thread in self._threads:
+                    thread.join(timeout=10.0)
+                    if thread.is_alive():
+                        logger.warning("%s did not stop within 10 s", thread.name)
+                self.sink.close()
+
+    def cancel(self) -> None:
+        """Drop everything pending in every stage and the sink's buffer; audio stops at once.
+
+        The pipeline stays usable: text fed afterwards is spoken as usual. Work already inside a
+        model call (one translation batch, one audio chunk) finishes in the background and is dropped.
+        """
+        if self._closed:
+            return
+        self._gen += 1
+        # The first abort unblocks a write waiting for buffer space; the second, once the sink
+        # worker has let go of the sink, drops anything it wrote between its check and the abort.
+        if self._sink_opened:
+            self.sink.abort()
+        with self._sink_lock:
+            if self._sink_opened:
+                self.sink.abort()
+
+    def timings(self) -> list[SentenceTiming]:
+        """Per-sentence times of the last ``history`` sentences, oldest first (copies)."""
+        with self._timing_lock:
+            return [dataclasses.replace(t) for t in self._timings.values()]
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+            return False
+        self.cancel()
+        try:
+            self.close()
+        except Exception:
+            logger.exception("while closing the pipeline after %s", exc_type.__name__)
+        return False
+
+    # -- feeding (caller's thread) ---------------------------------------------------------------
+
+    def _sync_chunker(self) -> int:
+        # Called with _feed_lock held: text held back from before a cancel() is dropped.
+        gen = self._gen
+        if gen != self._chunker_gen:
+            self._chunker = SentenceChunker(lang=self.lang)
+            self._chunker_gen = gen
+            self._pending_since = None
+        return gen
+
+    def _queue_sentences(self, sentences: list[str], gen: int, now: float) -> None:
+        for i, source in enumerate(sentences):
+            seq = self._next_seq
+            self._next_seq += 1
+            fed = self._pending_since if i == 0 and self._pending_since is not None else now
+            with self._timing_lock:
+                self._timings[seq] = SentenceTiming(seq=seq, source=source, fed=fed, chunked=now)
+                while len(self._timings) > self.history:
+                    self._timings.popitem(last=False)
+            self._emit(seq, "fed", source, t=fed)
+            self._emit(seq, "chunked", source, t=now)
+            if gen != self._gen:
+                continue  # cancelled while we were blocked on the queue: drop the rest
+            self._text_q.put(_Sentence(gen, seq, source))
+
+    # -- events and timings ------------------------------------------------------------------
+
+    def _emit(self, seq: int, stage: str, text: str, error: str | None = None, t: float | None = None, **fields) -> None:
+        t = time.perf_counter() if t is None else t
+        with self._timing_lock:
+            timing = self._timings.get(seq)
+            if timing is not None:
+                if stage in ("translated", "first_audio", "done"):
+                    setattr(timing, stage, t)
+                if stage == "error":
+                    timing.error = error
+                elif stage == "skipped":
+                    timing.skipped = error
+                for key, value in fields.items():
+                    setattr(timing, key, value)
+        if self.on_event is not None:
+            try:
+                self.on_event(Event(seq, stage, t, text, error))
+            except Exception:
+                logger.exception("on_event callback failed on %s event of sentence %d", stage, seq)
+
+    def _fail(self, seq: int, stage: str, source: str, err: BaseException) -> None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        logger.error("sentence %d: %s failed on %r: %r", seq, stage, _short(source), err, exc_info=err if debug else None)
+        self._emit(seq, "error", source, error=f"{stage}: {err!r}")
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def _run(self, name: str, loop: Callable[[], None], inq: queue.Queue, outq: queue.Queue | None) -> None:
+        try:
+            loop()
+        except BaseException as err:
+            logger.exception("the %s worker crashed", name)
+            if self._crash is None:
+                self._crash, self._crash_stage = err, name
+            self._drain_after_crash(name, inq, outq)
+
+    def _drain_after_crash(self, name: str, inq: queue.Queue, outq: queue.Queue | None) -> None:
+        # Keep the queues moving so that feed() never blocks forever and barriers still arrive;
+        # every sentence lost here is reported.
+        while True:
+            item = inq.get()
+            if isinstance(item, _Stop):
+                if outq is not None:
+                    outq.put(item)
+                return
+            if isinstance(item, _Barrier):
+                if outq is not None:
+                    outq.put(item)
+                else:
+                    item.reached.set()
+                continue
+            ended = isinstance(item, _Audio) and item.audio is None and not item.failed
+            if isinstance(item, _Sentence | _Spoken) or ended:
+                if item.gen == self._gen:
+                    self._emit(item.seq, "error", item.source, error=f"{name}: worker crashed earlier")
+
+    def _pass_control(self, item: object, outq: queue.Queue) -> bool:
+        """Forward a barrier or the sentinel; True when the worker must stop."""
+        outq.put(item)
+        return isinstance(item, _Stop)
+
+    def _translate_loop(self) -> None:
+        while True:
+            item = self._text_q.get()
+            if not isinstance(item, _Sentence):
+                if self._pass_control(item, self._voice_q):
+                    return
+                continue
+            batch, control = [item], None
+            if self.translator is not None:
+                # Behind: take what is already waiting, up to max_batch, in one model call.
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._text_q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, _Sentence):
+                        control = nxt
+                        break
+                    batch.append(nxt)
+            self._translate_batch(batch)
+            if control is not None and self._pass_control(control, self._voice_q):
+                return
+
+    def _prepare(self, item: _Sentence) -> tuple[str, bool] | None:
+        """(text to say, needs translation) for one sentence, or None when there is nothing to say."""
+        code = is_code_block(item.source)
+        if code and self.code == "skip":
+            self._emit(item.seq, "skipped", item.source, error="code block")
+            return None
+        if code and self.code == "cue":
+            return code_cue(self._cue_lang), False
+        # Code read aloud is not translated either: a translation model garbles it.
+        text = speakable(item.source, self.lang, code=self.code)
+        if not text.strip():
+            self._emit(item.seq, "skipped", item.source, error="nothing to say")
+            return None
+        return text, self.translator is not None and not code
+
+    def _translate_batch(self, batch: list[_Sentence]) -> None:
+        prepared: list[tuple[_Sentence, str, bool]] = []
+        for item in batch:
+            if item.gen != self._gen:
+                continue
+            try:
+                ready = self._prepare(item)
+            except Exception as err:  # a cleanup bug on one odd sentence must not stop the stream
+                self._fail(item.seq, "speakable", item.source, err)
+                continue
+            if ready is not None:
+                prepared.append((item, *ready))
+        todo = [(item, text) for item, text, needs in prepared if needs]
+        results: dict[int, str | BaseException] = {}
+        if todo:
+            results = self._translate_many(todo)
+        for item, text, needs in prepared:
+            if item.gen != self._gen:
+                continue
+            if needs:
+                result = results[item.seq]
+                if isinstance(result, BaseException):
+                    self._fail(item.seq, "translate", item.source, result)
+                    continue
+                text = result
+                if not text.strip():
+                    self._emit(item.seq, "skipped", item.source, error="empty translation")
+                    continue
+            self._emit(item.seq, "translated", text, spoken=text)
+            self._voice_q.put(_Spoken(item.gen, item.seq, item.source, text))
+
+    def _translate_many(self, todo: list[tuple[_Sentence, str]]) -> dict[int, str | BaseException]:
+        texts = [text for _, text in todo]
+        try:
+            out = self._call_translator(texts)
+        except Exception as err:
+            if len(todo) == 1:
+                return {todo[0][0].seq: err}
+            # Find the sentence that fails: the others are still spoken.
+            logger.warning("translating a batch of %d failed (%r); retrying one by one", len(todo), err)
+            results: dict[int, str | BaseException] = {}
+            for item, text in todo:
+                if item.gen != self._gen:
+                    results[item.seq] = ""
+                    continue
+                try:
+                    results[item.seq] = self._call_translator([text])[0]
+                except Exception as one_err:
+                    results[item.seq] = one_err
+            return results
+        return {item.seq: result for (item, _), result in zip(todo, out)}
+
+    def _call_translator(self, texts: list[str]) -> list[str]:
+        assert self.translator is not None
+        out = self.translator.translate(texts, self.src_lang, self.tgt_lang)
+        if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(s, str) for s in out):
+            raise TypeError(f"translate() must return a list of {len(texts)} str, got {_describe(out)}")
+        return out
+
+    def _voice_loop(self) -> None:
+        while True:
+            item = self._voice_q.get()
+            if not isinstance(item, _Spoken):
+                if self._pass_control(item, self._audio_q):
+                    return
+                continue
+            if item.gen != self._gen:
+                continue
+            if self.voice is None:
+                # Nothing to hand to a sink: the sentence is done once translated (subtitles only).
+                self._emit(item.seq, "done", item.text)
+                continue
+            failed = False
+            chunks = None
+            try:
+                chunks = self.voice.synthesize(item.text, self.speed)
+                for chunk in chunks:
+                    if item.gen != self._gen:
+                        break
+                    audio = _check_chunk(chunk)
+                    if audio.size:
+                        self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, audio))
+            except Exception as err:
+                failed = True
+                self._fail(item.seq, "voice", item.source, err)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # stop a generator left early by cancel()
+            self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
+
+    def _sink_loop(self) -> None:
+        current = -1  # the sentence whose chunks are arriving
+        samples = 0
+        failed = False
+        while True:
+            item = self._audio_q.get()
+            if isinstance(item, _Stop):
+                return
+            if isinstance(item, _Barrier):
+                item.reached.set()
+                continue
+            if item.gen != self._gen:
+                continue
+            if item.seq != current:
+                current, samples, failed = item.seq, 0, False
+            if item.audio is None:
+                if not (failed or item.failed):
+                    self._emit(item.seq, "done", item.text, audio_seconds=samples / self._sample_rate)
+                continue
+            if failed:
+                continue
+            with self._sink_lock:
+                if item.gen != self._gen:
+                    continue
+                if not self._sink_opened:
+                    self.sink.open(self._sample_rate)  # a failure here is fatal: no audio can go anywhere
+                    self._sink_opened = True
+                try:
+                    self.sink.write(item.audio)
+                except Exception as err:
+                    failed = True
+                    self._fail(item.seq, "sink", item.source, err)
+                    continue
+            if samples == 0:
+                self._emit(item.seq, "first_audio", item.text)
+            samples += item.audio.size
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def _wait_barrier(self) -> None:
+        barrier = _Barrier(threading.Event())
+        self._text_q.put(barrier)
+        # The timeout only lets us notice workers that are gone; the barrier normally sets the event.
+        while not barrier.reached.wait(timeout=1.0):
+            if not all(t.is_alive() for t in self._threads):
+                stage = f" (the {self._crash_stage} worker crashed first)" if self._crash is not None else ""
+                raise PipelineError(f"a pipeline worker thread is gone{stage}") from self._crash
+
+    def _raise_crash(self) -> None:
+        if self._crash is not None:
+            raise self._crash
+
+
+def _check_chunk(chunk: object) -> np.ndarray:
+    audio = np.asarray(chunk, dtype=np.float32)
+    if audio.ndim == 2 and 1 in audio.shape:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1:
+        raise ValueError(f"voice chunks must be mono 1-D audio, got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        logger.warning("voice produced non-finite samples; they are silenced")
+        audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return audio
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} ({', '.join(sorted({type(v).__name__ for v in value})) or 'empty'})"
+    return type(value).__name__
