@@ -1,0 +1,151 @@
+"""The `mlx-stream-tts` command, end to end in subprocesses (no model needed: --dry-run / --no-voice)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_stream_tts.cli import iter_text, main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "stream-json"
+
+# Per capture: phrases a listener must hear exactly once (SOURCES.md), and what must not be heard.
+HEAR = {
+    "01_plain_text_ok": ["ok"],
+    "04_partial_haiku_text_deltas": ["Silent print statement", "reveals the hidden truth now", "off by one, again"],
+    "05_thinking_three_bash_tools": [
+        "Here are three ways to reverse a string in Python",
+        "The most Pythonic and concise approach.",
+        "Uses the built-in reversed",
+        "3. Loop accumulation",
+        "Manual reversal by iterating in reverse.",
+        "Let me test each one",
+        "All three pass.",
+        "Fastest, most idiomatic",
+        "Readable, lazy iterator",
+        "least efficient",
+        "For production code, s[::-1] is the standard choice.",
+    ],
+    "07_partial_hello_minimal": ["hello"],
+    "08_partial_tool_input_json_delta": ["Listed contents of the working directory."],
+    "12_parallel_tool_calls": ["Done."],
+    "13_subagent_multi_result": [
+        "Subagent launched successfully.",
+        "It will run echo subagent-ran in the background and I'll receive a notification when it completes.",
+        "Done.",
+        "The subagent completed successfully.",
+        "The output of running echo subagent-ran is",
+    ],
+}
+NOT_HEAR = {
+    "05_thinking_three_bash_tools": ["✓", "def ", "python3", "signature"],
+    "08_partial_tool_input_json_delta": ["ls -la", "drwx", "total "],
+    "13_subagent_multi_result": ["The command executed successfully", "Here's the output"],
+}
+
+
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_stream_tts", *args],
+        input=stdin, capture_output=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def test_every_fixture_dry_run_hears_each_phrase_once():
+    for name, phrases in HEAR.items():
+        proc = run_cli("speak", str(FIXTURES / f"{name}.jsonl"), "--dry-run")
+        assert proc.returncode == 0, proc.stderr.decode()
+        out = proc.stdout.decode()
+        spoken = " ".join(out.split())
+        for phrase in phrases:
+            assert spoken.count(phrase) == 1, (name, phrase, out)
+        for phrase in NOT_HEAR.get(name, []):
+            assert phrase not in spoken, (name, phrase, out)
+        # One sentence per line, nothing blank.
+        assert all(line.strip() for line in out.splitlines()), out
+
+
+def test_subagent_output_line_heard_once():
+    # Capture 13 ends with a one-line code block holding the command's output: it is read, once.
+    proc = run_cli("speak", str(FIXTURES / "13_subagent_multi_result.jsonl"), "--dry-run")
+    lines = proc.stdout.decode().splitlines()
+    assert lines.count("subagent-ran") == 1, lines
+
+
+def test_stdin_plain_text_and_auto_detection():
+    proc = run_cli("speak", "-", "--dry-run", stdin=b"Hello there. This is **plain** text.\nNext line")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == ["Hello there.", "This is plain text.", "Next line"]
+
+
+def test_same_file_read_as_stream_json_and_text_differs():
+    path = str(FIXTURES / "07_partial_hello_minimal.jsonl")
+    as_json = run_cli("speak", path, "--dry-run", "--format", "stream-json").stdout.decode()
+    as_text = run_cli("speak", path, "--dry-run", "--format", "text").stdout.decode()
+    assert as_json.split() == ["hello"]
+    assert '"type"' in as_text  # plain-text mode reads the raw lines
+
+
+def test_garbage_input_never_crashes():
+    garbage = bytes(range(256)) * 50 + b"\n{not json\n" + b'{"type": "assistant", "message": 5}\n'
+    proc = run_cli("speak", "-", "--dry-run", "--format", "stream-json", stdin=garbage)
+    assert proc.returncode == 0, proc.stderr.decode()
+    # The stream ended with no result: that is spoken as an error cue, not swallowed.
+    assert "Claude Code" in proc.stdout.decode()
+    proc = run_cli("speak", "-", "--dry-run", stdin=garbage)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_empty_input():
+    proc = run_cli("speak", "-", "--dry-run", stdin=b"")
+    assert proc.returncode == 0 and proc.stdout == b""
+
+
+def test_subtitles_without_models_keep_order():
+    text = "".join(f"Sentence number {i} is here. " for i in range(50)).encode()
+    proc = run_cli("speak", "-", "--to", "none", "--lang", "en", "--no-voice", "--no-play", "--text", stdin=text)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [f"Sentence number {i} is here." for i in range(50)]
+
+
+def test_missing_file_and_bad_usage():
+    proc = run_cli("speak", "/nonexistent/file.jsonl", "--dry-run")
+    assert proc.returncode != 0 and b"cannot read" in proc.stderr
+    proc = run_cli("speak", "--pcm", "--out", "x.wav")
+    assert proc.returncode == 2 and b"exclusive" in proc.stderr
+    proc = run_cli("speak", "--speed", "0")
+    assert proc.returncode == 2
+
+
+def test_help_lists_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and b"speak" in proc.stdout and b"convert" in proc.stdout
+    proc = run_cli("convert", "--help")
+    assert proc.returncode == 0 and b"nllb" in proc.stdout and b"kokoro" in proc.stdout
+
+
+def test_iter_text_on_in_memory_streams_and_split_utf8():
+    data = "こんにちは。世界。".encode()
+    stream = io.BytesIO(data)
+    assert "".join(iter_text(stream, "text")) == "こんにちは。世界。"
+    json_stream = io.BytesIO((FIXTURES / "01_plain_text_ok.jsonl").read_bytes())
+    assert "".join(iter_text(json_stream)).strip() == "ok"
+
+
+def test_main_dry_run_in_process(capsys):
+    assert main(["speak", str(FIXTURES / "12_parallel_tool_calls.jsonl"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["Done."]
+
+
+@pytest.mark.parametrize("flag", ["--tools"])
+def test_tool_summaries_flag(flag):
+    proc = run_cli("speak", str(FIXTURES / "08_partial_tool_input_json_delta.jsonl"), "--dry-run", flag)
+    out = proc.stdout.decode()
+    assert "Running Bash" in out and "Listed contents of the working directory." in out
