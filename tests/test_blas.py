@@ -19,7 +19,7 @@ import mlx.core as mx
 a = mx.random.normal((256, 2048)); b = mx.random.normal((2048, 512)); mx.eval(a, b)
 mx.eval(a @ b)
 best = 1e9
-for _ in range(5):
+for _ in range(15):
     t = time.perf_counter(); mx.eval(a @ b); best = min(best, time.perf_counter() - t)
 print(json.dumps({"active": _blas.active_blas, "maps": _blas.blas_in_process(), "ms": best * 1e3}))
 """
@@ -28,7 +28,9 @@ print(json.dumps({"active": _blas.active_blas, "maps": _blas.blas_in_process(), 
 def _probe(mode: str = "normal", **env: str) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=120,
+        # One BLAS thread: on a loaded 2-core machine a second thread stalls and the timing lies.
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", **env},
     )
     assert proc.returncode == 0, proc.stderr
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
@@ -41,8 +43,8 @@ def test_openblas_is_loaded_and_much_faster_than_reference():
     slow = _probe(MLX_STREAM_TTS_BLAS="none")
     assert slow["active"] is None
     assert not any("openblas" in path.lower() for path in slow["maps"])
-    # Measured ~1.5 ms vs ~70 ms here; demand a wide margin only.
-    assert fast["ms"] * 5 < slow["ms"], (fast["ms"], slow["ms"])
+    # Measured ~8 ms vs ~80 ms here (one thread, best of 15); demand a margin only.
+    assert fast["ms"] * 3 < slow["ms"], (fast["ms"], slow["ms"])
 
 
 def test_late_import_warns():
