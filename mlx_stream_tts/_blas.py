@@ -6,7 +6,7 @@ the standard names (``sgemm_``, ``cblas_sgemm``) into the global symbol scope *b
 first imported makes the dynamic linker bind MLX's BLAS calls to it. This module must therefore run
 before anything imports ``mlx``; ``mlx_stream_tts/__init__.py`` calls :func:`ensure_fast_blas` first.
 
-Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
+OpenBLAS runs one thread by default (see :func:`set_blas_threads`). Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
 ``libopenblas0-pthread``, then the ``cmeel-openblas`` wheel. The cmeel build needs ``libgfortran.so.5``,
 which a fresh machine may lack; the mlx-cpu and numpy wheels bundle one under a mangled name, so we
 copy it into the cache with its SONAME set back to ``libgfortran.so.5`` and load that first.
@@ -138,6 +138,8 @@ def ensure_fast_blas() -> str | None:
     for path in candidates:
         if _try_load(path):
             active_blas = str(path)
+            if "OPENBLAS_NUM_THREADS" not in os.environ:
+                set_blas_threads(int(os.environ.get("MLX_STREAM_TTS_BLAS_THREADS", "1")))
             logger.debug("MLX CPU matmuls use %s", path)
             return active_blas
     logger.warning(
@@ -147,6 +149,22 @@ def ensure_fast_blas() -> str | None:
         ", ".join(map(str, candidates)) or "nothing found",
     )
     return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count for the whole process; False when no OpenBLAS is active.
+
+    The default is one thread (``MLX_STREAM_TTS_BLAS_THREADS`` or ``OPENBLAS_NUM_THREADS`` override it):
+    the pipeline runs the translator and the voice at once, and on a small machine a second BLAS
+    thread per stage oversubscribes the cores (a 62x768 @ 768x768 matmul went from 0.5 ms to 20 ms).
+    Benchmarks of one model alone may ask for more.
+    """
+    for handle in reversed(_handles):
+        setter = getattr(handle, "openblas_set_num_threads", None)
+        if setter is not None:
+            setter(max(1, int(n)))
+            return True
+    return False
 
 
 def blas_in_process() -> list[str]:

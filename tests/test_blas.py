@@ -51,3 +51,22 @@ def test_late_import_warns():
     late = _probe("mlx-first")
     assert late["active"] is None
     assert "imported before mlx_stream_tts" in late["stderr"]
+
+
+_THREADS = r"""
+import mlx_stream_tts
+from mlx_stream_tts import _blas
+get = _blas._handles[-1].openblas_get_num_threads
+print(get(), end=" ")
+_blas.set_blas_threads(2)
+print(get())
+"""
+
+
+def test_blas_threads_default_to_one_and_can_be_set():
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MLX_STREAM_TTS_BLAS_THREADS")}
+    out = subprocess.run([sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.split() == ["1", "2"], out.stderr
+    out = subprocess.run([sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=60,
+                         env={**env, "MLX_STREAM_TTS_BLAS_THREADS": "2"})
+    assert out.stdout.split()[0] == "2", out.stderr

@@ -1,0 +1,147 @@
+"""The Kokoro vocoder's DSP pieces against PyTorch on fixed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_stream_tts.models import istftnet
+from mlx_stream_tts.models.istftnet import STFT, AdaIN1d, Conv1d, ConvTranspose1d, SineGen, interpolate_linear
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from kokoro_reference import torch_istft, torch_sine_source, torch_stft  # noqa: E402
+
+
+def _nlc(x: np.ndarray) -> mx.array:
+    return mx.array(np.ascontiguousarray(x.transpose(0, 2, 1)))
+
+
+def _ncl(x: mx.array) -> np.ndarray:
+    return np.array(x).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride, padding, output_padding, groups",
+    [
+        (16, 8, 20, 10, 5, 0, 1),  # generator.ups.0
+        (8, 4, 12, 6, 3, 0, 1),  # generator.ups.1
+        (12, 12, 3, 2, 1, 1, 12),  # AdainResBlk1d.pool (depthwise)
+        (5, 3, 7, 3, 2, 1, 1),  # kernel not a multiple of the stride
+    ],
+)
+def test_conv_transpose_matches_torch(c_in, c_out, kernel, stride, padding, output_padding, groups):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c_in, c_out // groups, kernel)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((2, c_in, 11)).astype(np.float32)
+    ref = F.conv_transpose1d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=stride, padding=padding,
+                             output_padding=output_padding, groups=groups).numpy()
+    layer = ConvTranspose1d(c_in, c_out, kernel, stride, padding, output_padding, groups)
+    # PyTorch (in, out / g, K) -> MLX (out, K, in / g), as the converter does.
+    layer.weight = mx.array(w.reshape(groups, c_in // groups, c_out // groups, kernel).transpose(0, 2, 3, 1)
+                            .reshape(c_out, kernel, c_in // groups))
+    layer.bias = mx.array(b)
+    out = _ncl(layer(_nlc(x)))
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 5), (7, 3), (11, 5), (11, 1)])
+@pytest.mark.parametrize("addmm_min", [0, 1 << 40])  # accumulated GEMMs / MLX conv (+ dilation split)
+def test_conv1d_paths_match_torch(kernel, dilation, addmm_min, monkeypatch):
+    monkeypatch.setattr(istftnet, "ADDMM_MIN_ELEMENTS", addmm_min)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 5, kernel)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((1, 5, 41)).astype(np.float32)
+    pad = dilation * (kernel - 1) // 2
+    ref = F.conv1d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=pad, dilation=dilation).numpy()
+    layer = Conv1d(5, 6, kernel, padding=pad, dilation=dilation)
+    layer.weight, layer.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    np.testing.assert_allclose(_ncl(layer(_nlc(x))), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_strided_conv_matches_torch():
+    # generator.noise_convs.0: kernel 12, stride 6, padding 3 over the 22 STFT channels.
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 22, 12)).astype(np.float32)
+    x = rng.standard_normal((1, 22, 61)).astype(np.float32)
+    ref = F.conv1d(torch.tensor(x), torch.tensor(w), stride=6, padding=3).numpy()
+    layer = Conv1d(22, 4, 12, stride=6, padding=3, bias=False)
+    layer.weight = mx.array(w.transpose(0, 2, 1))
+    np.testing.assert_allclose(_ncl(layer(_nlc(x))), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [2, 300])
+def test_linear_interpolation_matches_torch(scale):
+    x = np.random.default_rng(3).standard_normal((1, 3, 9)).astype(np.float32)
+    ref = F.interpolate(torch.tensor(x), scale_factor=scale, mode="linear").numpy()
+    np.testing.assert_allclose(_ncl(interpolate_linear(_nlc(x), scale)), ref, atol=1e-5)
+
+
+def test_nearest_upsampling_matches_torch():
+    x = np.random.default_rng(4).standard_normal((1, 3, 7)).astype(np.float32)
+    ref = F.interpolate(torch.tensor(x), scale_factor=2, mode="nearest").numpy()
+    np.testing.assert_array_equal(_ncl(mx.repeat(_nlc(x), 2, axis=1)), ref)
+
+
+def test_stft_matches_torch():
+    x = np.random.default_rng(5).standard_normal((2, 600)).astype(np.float32)
+    mag, phase = STFT(20, 5).transform(mx.array(x))
+    ref_mag, ref_phase = torch_stft(x)
+    assert mag.shape == ref_mag.shape == (2, 121, 11)
+    np.testing.assert_allclose(np.array(mag), ref_mag, atol=1e-4, rtol=1e-4)
+    # Compare phases as unit phasors (a phase of pi and -pi are the same).
+    strong = ref_mag > 1e-3
+    err = np.abs(np.exp(1j * np.array(phase)) - np.exp(1j * ref_phase))[strong]
+    assert err.max() < 1e-3
+
+
+def test_istft_matches_torch():
+    rng = np.random.default_rng(6)
+    mag = np.exp(rng.standard_normal((2, 121, 11))).astype(np.float32)
+    phase = rng.uniform(-math.pi, math.pi, (2, 121, 11)).astype(np.float32)
+    out = np.array(STFT(20, 5).inverse(mx.array(mag), mx.array(phase)))
+    ref = torch_istft(mag, phase)
+    assert out.shape == ref.shape == (2, 600)
+    np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_stft_round_trip():
+    x = np.random.default_rng(7).standard_normal((1, 3000)).astype(np.float32)
+    stft = STFT(20, 5)
+    back = np.array(stft.inverse(*stft.transform(mx.array(x))))
+    np.testing.assert_allclose(back, x, atol=1e-4)
+
+
+def test_sine_source_matches_torch():
+    rng = np.random.default_rng(8)
+    f0 = rng.uniform(80, 400, (2, 40)).astype(np.float32)
+    f0[:, 10:14] = 0.0  # unvoiced frames
+    f0[0, 30:] = 5.0  # below the voicing threshold
+    ours = np.array(SineGen(24000, 300, 8)(mx.array(f0)))
+    ref = torch_sine_source(f0)
+    assert ours.shape == ref.shape == (2, 12000, 9)
+    np.testing.assert_allclose(ours, ref, atol=2e-4)
+
+
+def test_sin_squared_accuracy():
+    t = np.linspace(-60, 60, 200_001).astype(np.float32)
+    ours = np.array(istftnet.sin_squared(mx.array(t)))
+    np.testing.assert_allclose(ours, np.sin(t.astype(np.float64)) ** 2, atol=5e-6)
+
+
+def test_adain_matches_torch():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 6, 30)).astype(np.float32)
+    s = rng.standard_normal((1, 4)).astype(np.float32)
+    layer = AdaIN1d(4, 6)
+    h = np.array(layer.fc(mx.array(s)))
+    gamma, beta = torch.tensor(h[:, :6, None]), torch.tensor(h[:, 6:, None])
+    ref = ((1 + gamma) * F.instance_norm(torch.tensor(x), eps=1e-5) + beta).numpy()
+    np.testing.assert_allclose(_ncl(layer(_nlc(x), mx.array(s))), ref, atol=1e-4)
