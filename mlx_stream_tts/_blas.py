@@ -21,6 +21,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from .paths import cache_root
+
 logger = logging.getLogger(__name__)
 
 _SYSTEM_PATHS = (
@@ -43,10 +45,7 @@ def _site_dirs() -> list[Path]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("MLX_STREAM_TTS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlx_stream_tts"
-    )
-    return Path(root) / "lib"
+    return cache_root() / "lib"
 
 
 def _load_global(path: str | Path) -> ctypes.CDLL:

@@ -1,0 +1,127 @@
+"""End-to-end latency: English text streamed in like Claude's output -> translated -> spoken.
+
+The number a listener feels is the time from the moment a sentence's end arrives to the moment its
+first audio reaches the sink. This feeds coding-assistant sentences in small pieces at a model-like
+rate through the real `Pipeline` with the real Kokoro voice and the NLLB translator (a random-weight
+model of the exact nllb-200-distilled-600M shape, as built by bench/translate.py: speed does not depend
+on the weight values; its output is meaningless Japanese, capped to a realistic length), and prints
+per-sentence latencies next to the origin system's (~334 ms NLLB-600M on PyTorch/Metal + ~618 ms
+macOS `say` = ~950 ms per sentence, on Apple silicon).
+
+    python bench/pipeline.py                       # translator + voice
+    python bench/pipeline.py --no-translate        # Japanese text straight to the voice
+    python bench/pipeline.py --nllb DIR            # another converted NLLB folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
+from mlx_stream_tts import _blas
+from mlx_stream_tts.audio import NullSink
+from mlx_stream_tts.pipeline import Pipeline
+
+ENGLISH = [
+    "I'll start by reading the configuration file.",
+    "The tests are failing because the fixture path changed.",
+    "Let me fix the import in the parser module.",
+    "All 42 tests pass now.",
+    "Next, I will update the documentation.",
+    "The function returns None when the input is empty.",
+    "I added a check for that case.",
+    "Do you want me to commit these changes?",
+    "The build takes about two minutes on this machine.",
+    "I found three places where the cache is not cleared.",
+    "This change makes the server start faster.",
+    "Everything looks good to me.",
+]
+JAPANESE = [
+    "まず設定ファイルを読みます。",
+    "フィクスチャのパスが変わったため、テストが失敗しています。",
+    "パーサーモジュールのインポートを修正します。",
+    "四十二件のテストがすべて通りました。",
+    "次に、ドキュメントを更新します。",
+    "入力が空のとき、関数はNoneを返します。",
+    "そのケースのチェックを追加しました。",
+    "これらの変更をコミットしますか？",
+    "このマシンではビルドに約二分かかります。",
+    "キャッシュがクリアされない箇所を三つ見つけました。",
+    "この変更でサーバーの起動が速くなります。",
+    "問題はなさそうです。",
+]
+ORIGIN_MS = 950.0  # origin system per sentence: NLLB-600M PyTorch/Metal ~334 ms + macOS say ~618 ms
+
+
+def default_nllb() -> Path:
+    from mlx_stream_tts.paths import cache_root
+
+    return cache_root() / "bench" / "nllb-600M-random" / "ours-fp32-r32k"
+
+
+def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float) -> list:
+    pipeline = Pipeline(translator=translator, voice=voice, sink=NullSink(), lang=lang, history=len(sentences) + 8)
+    text = " ".join(sentences)
+    with pipeline:
+        for i in range(0, len(text), piece):
+            pipeline.feed(text[i : i + piece])
+            time.sleep(interval)
+    return [t for t in pipeline.timings() if t.first_audio is not None]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-translate", action="store_true", help="Japanese text straight to the voice")
+    parser.add_argument("--nllb", type=Path, default=None, help="converted NLLB folder (default: the bench model)")
+    parser.add_argument("--piece", type=int, default=4, help="characters per fed piece")
+    parser.add_argument("--rate", type=float, default=80.0, help="pieces per second (Claude streams ~50-100 tokens/s)")
+    parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads")
+    args = parser.parse_args()
+
+    _blas.set_blas_threads(args.threads)
+    from mlx_stream_tts.voice import Voice
+
+    t0 = time.perf_counter()
+    voice = Voice.load()
+    translator = None
+    if not args.no_translate:
+        from mlx_stream_tts.translate import Translator
+
+        path = args.nllb or default_nllb()
+        if not path.is_dir():
+            print(f"no NLLB model at {path}: run bench/translate.py first (it builds the random 600M model)")
+            return 1
+        # Random weights never emit </s>: cap the output near a real translation's length.
+        translator = Translator.load(path, len_ratio=1.3, len_extra=2)
+    load_s = time.perf_counter() - t0
+
+    sentences = JAPANESE if args.no_translate else ENGLISH
+    lang = "ja" if args.no_translate else "en"
+    run(sentences[:2], translator, voice, lang, args.piece, 0.0)  # warm-up
+    timings = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate)
+
+    print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {args.threads} thread(s); models loaded in {load_s:.1f} s")
+    print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms; translator: {'none' if translator is None else path}")
+    print(f"{'#':>3} {'chunked->translated':>20} {'chunked->first audio':>21}  text")
+    lat = []
+    for t in timings:
+        tr = (t.translated - t.chunked) * 1e3 if t.translated and t.chunked else float("nan")
+        fa = (t.first_audio - t.chunked) * 1e3
+        lat.append(fa)
+        print(f"{t.seq:>3} {tr:>17.0f} ms {fa:>18.0f} ms  {t.source[:60]}")
+    if not lat:
+        print("no sentence produced audio")
+        return 1
+    first, med = lat[0], statistics.median(lat)
+    p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
+    print(f"first sentence {first:.0f} ms, median {med:.0f} ms, p90 {p90:.0f} ms "
+          f"(sentence end -> first audio; origin system ~{ORIGIN_MS:.0f} ms: ratio median/origin {med / ORIGIN_MS:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
