@@ -1,0 +1,300 @@
+"""Translation speed: ours (MLX) against transformers and CTranslate2 on a random 600M NLLB model.
+
+    python bench/translate.py                # all engines, 2 threads, prints a table
+    python bench/translate.py --runs 3 --only ours-fp32 ct2-int8
+
+Builds once (cached in ~/.cache/mlx_stream_tts/bench/nllb-600M-random, outside the repo) a random-weight
+M2M100 of the exact nllb-200-distilled-600M shape, converts it with our converter (each dtype /
+quantization, with and without a restricted output vocabulary) and with CTranslate2's converter, then
+times each engine in its own subprocess (so peak memory is its own): batch 1, a 24-token source,
+exactly 32 new tokens (greedy). Speed does not depend on the weight values.
+
+The restricted variants keep 32,000 output rows chosen at random: the size we expect for
+``--restrict-vocab jpn_Jpan`` on the real vocabulary (Han, kana, digits and punctuation); the
+random weights make the real script filter meaningless here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC_TOKENS = 24
+NEW_TOKENS = 32
+THREADS = 2
+RESTRICTED_ROWS = 32_000
+SHAPE = dict(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+             decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
+             scale_embedding=True, activation_function="relu")
+
+# name -> converter options (ours) or CTranslate2 compute type.
+OURS = {
+    "ours-fp32": dict(dtype="float32"),
+    "ours-fp32-r32k": dict(dtype="float32", restrict=True),
+    "ours-fp16-r32k": dict(dtype="float16", restrict=True),
+    "ours-bf16": dict(dtype="bfloat16"),
+    "ours-int8": dict(dtype="float32", q_bits=8),
+    "ours-int8-r32k": dict(dtype="float32", q_bits=8, restrict=True),
+    "ours-int4": dict(dtype="float32", q_bits=4),
+}
+PEERS = ["transformers-fp32", "transformers-bf16", "ct2-float32", "ct2-int8"]
+
+
+def cache_dir() -> Path:
+    from mlx_stream_tts.paths import cache_root
+
+    return cache_root() / "bench" / "nllb-600M-random"
+
+
+def build_hf(folder: Path) -> Path:
+    """The random HF checkpoint + a tiny tokenizer (its ids only name tokens; speed ignores them)."""
+    hf = folder / "hf"
+    if (hf / "config.json").is_file():
+        return hf
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from nllb_fixtures import build_reference_tokenizer, train_spm
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    spm_path = train_spm(folder / "spm")
+    _, tok_dir = build_reference_tokenizer(spm_path, folder / "tok")
+    torch.manual_seed(0)
+    config = M2M100Config(**SHAPE, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1,
+                          bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    model = M2M100ForConditionalGeneration(config).eval()
+    tmp = folder / "hf.tmp"
+    model.save_pretrained(str(tmp))
+    for name in ("sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"):
+        (tmp / name).write_bytes((tok_dir / name).read_bytes())
+    tmp.rename(hf)
+    return hf
+
+
+def build_ours(folder: Path, hf: Path, name: str) -> Path:
+    out = folder / name
+    if (out / "config.json").is_file():
+        return out
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from convert.nllb import convert_nllb
+
+    opts = dict(OURS[name])
+    restrict = opts.pop("restrict", False)
+    ids = None
+    if restrict:
+        ids = np.random.default_rng(0).choice(SHAPE["vocab_size"], RESTRICTED_ROWS - 1, replace=False).tolist()
+    return convert_nllb(hf, out, restrict_ids=ids, **opts)
+
+
+def build_ct2(folder: Path, hf: Path, quantization: str) -> Path:
+    out = folder / f"ct2-{quantization}"
+    if (out / "model.bin").is_file():
+        return out
+    import ctranslate2
+
+    ctranslate2.converters.TransformersConverter(str(hf)).convert(str(out), quantization=quantization)
+    return out
+
+
+def source_tokens(hf: Path) -> list[str]:
+    """A 24-token source: eng_Latn, 22 pieces, </s>."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(hf / "sentencepiece.bpe.model"))
+    text = "Run the tests again before you commit the change, then open the file and read the first line."
+    pieces = sp.encode(text, out_type=str)[: SRC_TOKENS - 2]
+    assert len(pieces) == SRC_TOKENS - 2, len(pieces)
+    return ["eng_Latn", *pieces, "</s>"]
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------ engines (child)
+
+
+def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from mlx_stream_tts.translate import Translator
+
+    tr = Translator.load(path)
+    loaded_mb = peak_mb()
+    tok = tr.tokenizer
+    src = [tok.lang_id("eng_Latn")] + [tok.sp.piece_to_id(p) + tok.piece_offset for p in tokens[1:-1]] + [tok.eos_id]
+    tgt = tok.lang_id("jpn_Jpan")
+    model = tr.model
+
+    def encoder():
+        mx.eval(model.encode(mx.array([src])))
+
+    def first():
+        return tr.generate([src], tgt, max_new_tokens=1, guard=False)
+
+    def full():
+        out = tr.generate([src], tgt, max_new_tokens=NEW_TOKENS, guard=False)
+        assert len(out[0]) == NEW_TOKENS, f"stopped after {len(out[0])} tokens"
+
+    times = {k: _best(f, runs) for k, f in (("encoder", encoder), ("first", first), ("total", full))}
+    # Bytes read per decode step: decoder layers without the cross-attention key/value projections (run
+    # once per sentence) + output projection (+ the embedding row and the caches, negligible here).
+    params = dict(tree_flatten(model.parameters()))
+    once = ("encoder_attn.k_proj", "encoder_attn.v_proj")
+    layer_bytes = sum(v.nbytes for k, v in params.items() if k.startswith("model.decoder.") and not any(o in k for o in once))
+    head_bytes = sum(v.nbytes for k, v in params.items() if k.startswith("lm_head.") and "token_ids" not in k)
+    if not head_bytes:
+        head_bytes = sum(v.nbytes for k, v in params.items() if k.startswith("model.shared."))
+    return dict(times, loaded_mb=loaded_mb, peak_mb=peak_mb(), step_bytes=layer_bytes + head_bytes)
+
+
+def run_transformers(hf: Path, tokens: list[str], runs: int, dtype: str) -> dict:
+    import torch
+    from transformers import AutoTokenizer, M2M100ForConditionalGeneration
+
+    torch.set_num_threads(THREADS)
+    model = M2M100ForConditionalGeneration.from_pretrained(str(hf), dtype=getattr(torch, dtype)).eval()
+    loaded_mb = peak_mb()
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    ids = torch.tensor([tok.convert_tokens_to_ids(tokens)])
+    tgt = tok.convert_tokens_to_ids("jpn_Jpan")
+
+    def gen(n):
+        with torch.inference_mode():
+            # +1: transformers counts the forced language code as a new token.
+            out = model.generate(input_ids=ids, forced_bos_token_id=tgt, max_new_tokens=n + 1,
+                                 min_new_tokens=n + 1, do_sample=False, num_beams=1)
+        assert out.shape[1] == n + 2
+
+    def encoder():
+        with torch.inference_mode():
+            model.model.encoder(input_ids=ids)
+
+    times = {"encoder": _best(encoder, runs), "first": _best(lambda: gen(1), runs), "total": _best(lambda: gen(NEW_TOKENS), runs)}
+    return dict(times, loaded_mb=loaded_mb, peak_mb=peak_mb())
+
+
+def run_ct2(path: Path, tokens: list[str], runs: int) -> dict:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(path), device="cpu", inter_threads=1, intra_threads=THREADS)
+    loaded_mb = peak_mb()
+
+    def gen(n):
+        out = translator.translate_batch([tokens], target_prefix=[["jpn_Jpan"]], beam_size=1,
+                                         max_decoding_length=n + 1, min_decoding_length=n + 1)
+        assert len(out[0].hypotheses[0]) == n + 1, len(out[0].hypotheses[0])
+
+    # CTranslate2's Translator has no separate encoder call: its encoder time is not reported.
+    times = {"encoder": None, "first": _best(lambda: gen(1), runs), "total": _best(lambda: gen(NEW_TOKENS), runs)}
+    return dict(times, loaded_mb=loaded_mb, peak_mb=peak_mb())
+
+
+def _best(fn, runs: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def child(name: str, folder: Path, runs: int) -> None:
+    hf = folder / "hf"
+    tokens = source_tokens(hf)
+    if name in OURS:
+        result = run_ours(folder / name, tokens, runs)
+    elif name.startswith("transformers-"):
+        result = run_transformers(hf, tokens, runs, {"fp32": "float32", "bf16": "bfloat16"}[name.split("-")[1]])
+    else:
+        result = run_ct2(folder / name, tokens, runs)
+    print("RESULT " + json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------- parent
+
+
+def bandwidth_gbs() -> float:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    a = torch.ones(256 * 1024 * 1024)
+    a.sum()
+    best = min(_timed(lambda: a.sum()) for _ in range(5))
+    return a.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (min is reported)")
+    parser.add_argument("--only", nargs="+", help=f"engines to run (default all: {' '.join([*OURS, *PEERS])})")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    folder = cache_dir()
+    if args.child:
+        child(args.child, folder, args.runs)
+        return 0
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = args.only or [*OURS, *PEERS]
+    hf = build_hf(folder)
+    for name in names:
+        if name in OURS:
+            build_ours(folder, hf, name)
+        elif name.startswith("ct2-"):
+            build_ct2(folder, hf, name.split("-", 1)[1])
+    gbs = bandwidth_gbs()
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS))
+    results = {}
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(args.runs)],
+                              capture_output=True, text=True, env=env)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results[name] = json.loads(line[0][7:])
+        r = results[name]
+        print(f"  {name}: total {r['total']:.0f} ms", file=sys.stderr, flush=True)
+
+    ref = results.get("transformers-fp32", {}).get("total")
+    best_peer = results.get("ct2-int8", {}).get("total")
+    print(f"\nbatch 1, {SRC_TOKENS}-token source, {NEW_TOKENS} new tokens, {THREADS} threads, min of {args.runs} runs; "
+          f"memory read {gbs:.1f} GB/s (torch sum)\n")
+    print("| engine | encoder ms | first token ms | ms/token | total ms | x transformers fp32 | x CT2 int8 "
+          "| MB read/step | bound ms/token | x bound | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        per_token = (r["total"] - r["first"]) / (NEW_TOKENS - 1)
+        cells = [name, f"{r['encoder']:.0f}" if r["encoder"] is not None else "-", f"{r['first']:.0f}", f"{per_token:.1f}", f"{r['total']:.0f}",
+                 f"{r['total'] / ref:.2f}" if ref else "-", f"{r['total'] / best_peer:.2f}" if best_peer else "-"]
+        if "step_bytes" in r:
+            bound = r["step_bytes"] / (gbs * 1e9) * 1000
+            cells += [f"{r['step_bytes'] / 1e6:.0f}", f"{bound:.1f}", f"{per_token / bound:.2f}"]
+        else:
+            cells += ["-", "-", "-"]
+        cells.append(f"{r['peak_mb']:.0f}")
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""convert/nllb.py: round trip, strictness, layouts, options and bad sources."""
+
+import json
+import shutil
+
+import pytest
+from nllb_fixtures import get_checkpoint, get_converted, tokenizers  # noqa: F401
+
+import mlx.core as mx
+import numpy as np
+
+from convert.nllb import _IGNORED_PREFIXES, convert_nllb, load_source_weights, restricted_token_ids
+from mlx_stream_tts.nllb_tokenizer import NllbTokenizer
+from mlx_stream_tts.translate import Translator
+
+pytestmark = pytest.mark.slow
+
+
+def test_round_trip_and_every_tensor_used(tmp_path_factory):
+    folder, hf, _ = get_checkpoint(tmp_path_factory, "d24odd")
+    out = get_converted(tmp_path_factory, "d24odd")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "sentencepiece.bpe.model", "nllb_tokenizer.json"} <= names
+    ours = mx.load(str(out / "model.safetensors"))
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
+    for name, value in state.items():
+        if name.startswith(_IGNORED_PREFIXES):
+            continue
+        if name in tied:
+            np.testing.assert_array_equal(value, state["model.shared.weight"])
+            continue
+        assert name in ours, f"source tensor {name} not used"
+        np.testing.assert_array_equal(np.array(ours[name]), value)
+    assert set(ours) <= set(state)
+    config = json.loads((out / "config.json").read_text())
+    assert config["mlx_stream_tts"]["format"] == 1 and config["quantization"] is None
+
+
+def test_pytorch_bin_checkpoint_with_tied_copies(tmp_path_factory, tmp_path):
+    folder, hf, _ = get_checkpoint(tmp_path_factory, "d16", as_bin=True)
+    assert (folder / "pytorch_model.bin").is_file()
+    weights = load_source_weights(folder)
+    assert "lm_head.weight" in weights
+    out = convert_nllb(folder, tmp_path / "m")
+    ours = mx.load(str(out / "model.safetensors"))
+    np.testing.assert_array_equal(np.array(ours["model.shared.weight"]), hf.model.shared.weight.detach().numpy())
+    assert "lm_head.weight" not in ours
+
+
+def test_refuses_overwrite_and_replaces_when_asked(tmp_path_factory, tmp_path):
+    folder, _, _ = get_checkpoint(tmp_path_factory, "d16")
+    out = convert_nllb(folder, tmp_path / "m")
+    with pytest.raises(FileExistsError):
+        convert_nllb(folder, out)
+    (out / "marker").write_text("old")
+    convert_nllb(folder, out, overwrite=True)
+    assert not (out / "marker").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
+
+
+def test_bad_sources(tmp_path_factory, tmp_path):
+    folder, _, _ = get_checkpoint(tmp_path_factory, "d16")
+    with pytest.raises(FileNotFoundError):
+        convert_nllb(tmp_path / "nowhere", tmp_path / "a")
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="bert"):
+        convert_nllb(other, tmp_path / "b")
+    no_weights = tmp_path / "noweights"
+    shutil.copytree(folder, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        convert_nllb(no_weights, tmp_path / "c")
+    with pytest.raises(ValueError):
+        convert_nllb(folder, tmp_path / "d", dtype="float64")
+    # Tied copy that is not a copy.
+    untied = tmp_path / "untied"
+    shutil.copytree(folder, untied)
+    w = dict(mx.load(str(untied / "model.safetensors")))
+    w["lm_head.weight"] = w["model.shared.weight"] + 1
+    mx.save_safetensors(str(untied / "model.safetensors"), w)
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        convert_nllb(untied, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_dtypes(tmp_path_factory, dtype):
+    out = get_converted(tmp_path_factory, "d16", dtype=dtype)
+    weights = mx.load(str(out / "model.safetensors"))
+    assert weights["model.shared.weight"].dtype == getattr(mx, dtype)
+
+
+def test_restricted_ids_follow_scripts(tokenizers):  # noqa: F811
+    spm_path, _, _ = tokenizers
+    tok = NllbTokenizer(spm_path)
+    ja = restricted_token_ids(tok, ["jpn_Jpan"])
+    en = restricted_token_ids(tok, ["eng_Latn"])
+    both = restricted_token_ids(tok, ["jpn_Jpan", "eng_Latn"])
+    assert tok.eos_id in ja and tok.eos_id in en
+    assert set(ja) | set(en) == set(both)
+    piece = {i: tok.piece(i).replace("\u2581", "") for i in both if i != tok.eos_id}
+    ja_pieces = [piece[i] for i in ja if i != tok.eos_id]
+    en_pieces = [piece[i] for i in en if i != tok.eos_id]
+    assert any("テ" in p for p in ja_pieces) and not any(c.isascii() and c.isalpha() for p in ja_pieces for c in p)
+    assert "the" in en_pieces and not any("テ" in p for p in en_pieces)
+    assert any(p.isdigit() for p in ja_pieces) and any(p in ("。", ".") for p in ja_pieces)
+    assert all(i not in ja for i in tok.id_to_lang_code)
+    # A sample text adds its tokens.
+    sampled = restricted_token_ids(tok, ["jpn_Jpan"], "Hello テスト")
+    assert set(tok.encode_pieces("Hello")) <= set(sampled)
+    with pytest.raises(ValueError, match="Zzzz"):
+        restricted_token_ids(tok, ["xxx_Zzzz"])
+
+
+def test_quantized_conversion_loads(tmp_path_factory):
+    out = get_converted(tmp_path_factory, "d64q", q_bits=8, q_group_size=32)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 8}
+    weights = mx.load(str(out / "model.safetensors"))
+    assert "model.decoder.layers.0.fc1.scales" in weights and "model.shared.scales" in weights
+    assert weights["model.decoder.layers.0.fc1.weight"].dtype == mx.uint32
+    Translator.load(out)
+
+
+def test_cli_arguments(tmp_path_factory, tmp_path):
+    import argparse
+
+    from convert import nllb
+
+    folder, _, _ = get_checkpoint(tmp_path_factory, "d16")
+    parser = argparse.ArgumentParser()
+    nllb.add_arguments(parser)
+    args = parser.parse_args([str(folder), "--out", str(tmp_path / "cli"), "--restrict-vocab", "ja", "en"])
+    assert nllb.run(args) == 0
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert config["mlx_stream_tts"]["restrict_vocab"] == ["jpn_Jpan", "eng_Latn"]
+    assert nllb.run(args) == 1  # exists: refused, not crashed
