@@ -86,3 +86,30 @@ def test_one_shot_call_matches_predict_and_decode(runs):
     audio, durations = model(r["ids"], r["style"])
     np.testing.assert_array_equal(durations, r["pred"].durations)
     assert audio.shape == (int(durations.sum()) * model.samples_per_frame,)
+
+
+def test_model_loaded_on_one_thread_runs_on_another(tmp_path_factory):
+    # The pipeline loads on the main thread and synthesizes on its voice worker: every constant the
+    # model holds must be evaluated at load, or MLX fails with "no Stream(cpu, N) in current thread".
+    import threading
+
+    from mlx_stream_tts.models.kokoro import load_model
+
+    path = __import__("kokoro_reference").converted_model_dir(tmp_path_factory)
+    model = load_model(path)
+    _, voices, vocab = loaded_model(tmp_path_factory)
+    ids = token_ids(PHONEMES[0], vocab)
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            audio, durations = model(ids, voices["jf_alpha"][len(ids) - 3], 1.0)
+            result["audio"] = np.array(audio)
+        except Exception as err:  # reported below, on the test's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(300)
+    assert "error" not in result, result.get("error")
+    assert result["audio"].size > 0 and np.isfinite(result["audio"]).all()

@@ -445,6 +445,16 @@ def ref_style(voice: np.ndarray, num_phonemes: int) -> np.ndarray:
     return table[min(max(num_phonemes, 1), table.shape[0]) - 1]
 
 
+def _private_arrays(model: nn.Module) -> list[mx.array]:
+    """Arrays a module holds outside its parameters: ``_name`` entries and plain attributes."""
+    found = []
+    for _, module in model.named_modules():
+        for value in [*(v for k, v in module.items() if k.startswith("_")), *vars(module).values()]:
+            values = value.values() if isinstance(value, dict) else [value]
+            found.extend(v for v in values if isinstance(v, mx.array))
+    return found
+
+
 def load_model(path: str | Path) -> Model:
     """Load a converted Kokoro folder (our format only, strictly).
 
@@ -482,6 +492,10 @@ def load_model(path: str | Path) -> Model:
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
     mx.eval(model.parameters())
+    # Constant tables held as private attributes (STFT bases, harmonic numbers) are not parameters:
+    # evaluate them too, or the model only runs on the thread that loaded it (a lazy array is bound
+    # to the thread that built its graph).
+    mx.eval(_private_arrays(model))
     return model
 
 
