@@ -326,7 +326,7 @@ _OPERATORS = {
 _OP_RE = "|".join(sorted((re.escape(o) for o in _OPERATORS), key=len, reverse=True))
 
 _TOKEN_RE = re.compile(
-    r"(?P<url>(?:https?|ftp|file)://[^\s<>\"'`、。「」（）【】]+|www\.[A-Za-z0-9.-]+[A-Za-z](?:/[^\s<>\"'`、。「」（）]*)?)"
+    r"(?P<url>(?:https?|ftp|file)://[!#-&(-;=?-_a-~]+|www\.[A-Za-z0-9.-]+[A-Za-z](?:/[!#-&(-;=?-_a-~]*)?)"
     r"|(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     r"|(?P<version>(?<![\w.])[vV](?P<vnum>\d+(?:\.\d+)*)(?:[-.]?(?P<vtag>alpha|beta|rc|dev|post|a|b)(?P<vtn>\d*))?(?![\w]))"
     r"|(?P<dotted>(?<![\w.])\d+(?:\.\d+){2,}(?![\w]|\.\d))"
@@ -348,7 +348,10 @@ _TOKEN_RE = re.compile(
     r"|(?P<lang>(?<![\w])[cC](?:\+\+|#)(?![\w]))"
     r"|(?P<word>_*[A-Za-z][A-Za-z0-9_]*(?:['’][A-Za-z]+)?)"
     r"|(?P<greek>[" + "".join(_GREEK) + r"])"
-    rf"|(?P<op>{_OP_RE})"
+    rf"|(?P<op>{_OP_RE})",
+    # ASCII classes: in Unicode mode \w also matches kana and kanji, and "main.pyを直しました" would
+    # be read as one file name whose extension swallows the rest of the sentence.
+    re.ASCII,
 )
 
 _MD_LINE = re.compile(r"^\s*(?:#{1,6}\s+|>\s?|[-*+]\s+|\d+[.)]\s+)")

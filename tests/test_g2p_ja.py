@@ -237,3 +237,20 @@ def test_worker_threads_agree_with_serial(g2p):
     fresh = JapaneseG2P(vocab=g2p.vocab)  # empty word cache: both threads hit the word backends
     with ThreadPoolExecutor(2) as ex:
         assert list(ex.map(fresh, texts * 2)) == serial * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "must_read"),
+    [
+        ("main.pyを直しました。", ["メイン ドット パイ", "直しました"]),
+        ("parse_argsを呼ぶ。", ["パース", "呼ぶ"]),
+        ("詳細はhttps://docs.python.org/3/を参照。", ["パイソン", "参照"]),
+        ("v2.1.0で速い。", ["バージョン", "速い"]),
+        ("src/app.tsとREADME.mdを更新。", ["スラッシュ", "更新"]),
+    ],
+)
+def test_japanese_glued_to_ascii_terms_is_kept(text, must_read):
+    # Japanese text written right after a file name, URL or identifier must not be swallowed by it.
+    out = normalize_ja(text)
+    for piece in must_read:
+        assert piece in out, out

