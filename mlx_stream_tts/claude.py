@@ -150,6 +150,12 @@ def _parse_object(raw: str | bytes) -> Any:
     return obj
 
 
+def _strip_line(raw: str | bytes) -> str | bytes:
+    """Surrounding whitespace and a byte-order mark removed."""
+    raw = raw.strip()
+    return raw.removeprefix(_UTF8_BOM) if isinstance(raw, bytes) else raw.removeprefix("\ufeff")
+
+
 def looks_like_stream_json(first_line: str | bytes) -> bool:
     """Tell whether a line is Claude Code stream-json (a JSON object with a string ``type``).
 
@@ -159,11 +165,7 @@ def looks_like_stream_json(first_line: str | bytes) -> bool:
     Returns:
         True if it parses as a JSON object whose ``type`` is a string.
     """
-    raw = first_line.strip()
-    if isinstance(raw, bytes):
-        raw = raw.removeprefix(_UTF8_BOM)
-    else:
-        raw = raw.removeprefix("\ufeff")
+    raw = _strip_line(first_line)
     if not raw:
         return False
     try:
@@ -368,11 +370,7 @@ class StreamJsonReader:
 
     def _handle_raw(self, raw: str | bytes, last: bool = False) -> bool:
         """Parse and dispatch one line; False if it could not be parsed as a JSON object."""
-        raw = raw.strip()
-        if isinstance(raw, bytes):
-            raw = raw.removeprefix(_UTF8_BOM)
-        else:
-            raw = raw.removeprefix("\ufeff")
+        raw = _strip_line(raw)
         if not raw:
             return True
         try:
