@@ -10,7 +10,11 @@ timings; the MLX voice's 1-2 ms of G2P is inside). Printed as a table, with MLX/
   of ``--cold-runs`` subprocesses; conversion excluded (the converted folder must exist);
 - peak memory: peak RSS (VmHWM) of such a subprocess after speaking all sentences.
 
-    python bench/tts.py [--threads 2] [--cold-runs 3] [--mode windowed]
+The package runs OpenBLAS on one thread by default (the pipeline runs two models at once); here the
+MLX side gets as many BLAS threads as onnxruntime gets intra-op threads (``--threads``), and
+``--mlx-threads`` adds columns for other counts (e.g. ``2,1``).
+
+    python bench/tts.py [--threads 2] [--mlx-threads 2,1] [--cold-runs 3] [--mode windowed]
 """
 
 from __future__ import annotations
@@ -111,7 +115,10 @@ def child(engine: str, mode: str, threads: int, count: int) -> None:
     sentences = _sentences()[:count]
     if engine == "mlx":
         import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
+        from mlx_stream_tts._blas import set_blas_threads
         from mlx_stream_tts.voice import Voice
+
+        set_blas_threads(threads)
 
         voice = Voice.load()
         it = voice.synthesize(sentences[0], mode=mode)
@@ -160,7 +167,10 @@ def cold(engine: str, mode: str, threads: int, runs: int, count: int) -> tuple[f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Kokoro voice: MLX vs onnxruntime (same ONNX weights).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="onnxruntime intra-op threads, and the MLX side's OpenBLAS threads")
+    parser.add_argument("--mlx-threads", default="",
+                        help="comma-separated OpenBLAS thread counts for MLX columns (default: --threads)")
     parser.add_argument("--mode", default="windowed", help="the MLX voice's streaming method")
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine (0: skip)")
     parser.add_argument("--sentences", type=int, default=len(SENTENCES) + 1,
@@ -173,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
     import mlx.core as mx
+    from mlx_stream_tts._blas import active_blas, set_blas_threads
     from mlx_stream_tts.voice import Voice
 
+    mlx_threads = [int(t) for t in args.mlx_threads.split(",") if t.strip()] or [args.threads]
     sentences = _sentences()[: args.sentences]
     mlx_voice = Voice.load()
     ort_voice = OrtVoice(args.threads)
@@ -182,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         list(mlx_voice.synthesize(text, mode=args.mode))
         list(ort_voice.run(ort_voice.inputs(text)))
     ort_rows = warm("ort", mlx_voice, ort_voice, sentences, args.mode)
-    mlx_rows = warm("mlx", mlx_voice, ort_voice, sentences, args.mode)
+    mlx_rows = {}
+    for n in mlx_threads:
+        if not set_blas_threads(n):
+            print(f"warning: no OpenBLAS to set to {n} threads (active BLAS: {active_blas})", file=sys.stderr)
+        list(mlx_voice.synthesize(sentences[0], mode=args.mode))
+        mlx_rows[n] = warm("mlx", mlx_voice, ort_voice, sentences, args.mode)
 
     def summary(rows):
         return {
@@ -192,15 +209,20 @@ def main(argv: list[str] | None = None) -> int:
             "total_short": rows[0]["total"],
         }
 
-    m, o = summary(mlx_rows), summary(ort_rows)
+    ms = {n: summary(rows) for n, rows in mlx_rows.items()}
+    o = summary(ort_rows)
     if args.cold_runs:
-        m["cold"], m["mem"] = cold("mlx", args.mode, args.threads, args.cold_runs, len(sentences))
+        for n, m in ms.items():
+            m["cold"], m["mem"] = cold("mlx", args.mode, n, args.cold_runs, len(sentences))
         o["cold"], o["mem"] = cold("ort", args.mode, args.threads, args.cold_runs, len(sentences))
-    audio = sum(r["seconds"] for r in mlx_rows)
+    audio = sum(r["seconds"] for r in next(iter(mlx_rows.values())))
     print(f"{len(sentences)} sentences, {audio:.1f} s of audio; MLX {mx.__version__} (default device "
-          f"{mx.default_device()}), mode={args.mode}; onnxruntime int8, {args.threads} threads")
+          f"{mx.default_device()}), mode={args.mode}, BLAS {active_blas}; onnxruntime int8, "
+          f"{args.threads} threads")
     print(f"short sentence: {SHORT!r} ({len(SHORT)} chars)")
-    print(f"{'metric':44s} {'MLX':>10s} {'ORT':>10s} {'MLX/ORT':>9s}")
+    head = "".join(f"{f'MLX {n}t':>10s}" for n in ms) + f"{f'ORT {args.threads}t':>10s}" \
+        + "".join(f"{f'{n}t/ORT':>9s}" for n in ms)
+    print(f"{'metric':44s}{head}")
     lines = [
         ("real-time factor (warm)", "rtf", "{:.3f}"),
         ("time to first audio, mean (s, warm)", "first", "{:.3f}"),
@@ -210,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         ("peak RSS (MB)", "mem", "{:.0f}"),
     ]
     for label, key, fmt in lines:
-        if key in m:
-            print(f"{label:44s} {fmt.format(m[key]):>10s} {fmt.format(o[key]):>10s} {m[key] / o[key]:9.2f}")
-    print(f"{'first audio (short, MLX) / whole short sentence (ORT)':44s} "
-          f"{m['first_short'] / o['total_short']:>32.2f}")
+        if key in o:
+            vals = "".join(f"{fmt.format(m[key]):>10s}" for m in ms.values()) + f"{fmt.format(o[key]):>10s}"
+            print(f"{label:44s}{vals}" + "".join(f"{m[key] / o[key]:9.2f}" for m in ms.values()))
+    vals = "".join(f"{m['first_short'] / o['total_short']:>10.2f}" for m in ms.values())
+    print(f"{'first audio (short, MLX) / whole short (ORT)':44s}{vals}")
     return 0
 
 

@@ -136,8 +136,10 @@ class WindowPlan:
         max_growth: a window's core is at most this many times the previous one (0: no limit).
     """
 
-    first: int = 24
-    context: int = 20
+    # 16 + 16 (was 24 + 20): first chunk after 32 instead of 44 decoded frames; bench/tts_streaming.py
+    # on 14 sentences: mean log-mel corr 0.977 (24 + 20: 0.980), no clicks; 16 + 12 clicked (flux 9.9).
+    first: int = 16
+    context: int = 16
     snap: int = 8
     crossfade: int = 240
     margin: float = 0.7
