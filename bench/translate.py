@@ -78,8 +78,11 @@ def build_hf(folder: Path) -> Path:
 
 
 def build_ours(folder: Path, hf: Path, name: str) -> Path:
+    from mlx_stream_tts.models.nllb import FORMAT_VERSION
+
     out = folder / name
-    if (out / "config.json").is_file():
+    config = out / "config.json"
+    if config.is_file() and json.loads(config.read_text())["mlx_stream_tts"].get("format") == FORMAT_VERSION:
         return out
     import numpy as np
 
@@ -91,7 +94,7 @@ def build_ours(folder: Path, hf: Path, name: str) -> Path:
     ids = None
     if restrict:
         ids = np.random.default_rng(0).choice(SHAPE["vocab_size"], RESTRICTED_ROWS - 1, replace=False).tolist()
-    return convert_nllb(hf, out, restrict_ids=ids, **opts)
+    return convert_nllb(hf, out, restrict_ids=ids, overwrite=True, **opts)
 
 
 def build_ct2(folder: Path, hf: Path, quantization: str) -> Path:
@@ -130,7 +133,8 @@ def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
 
     from mlx_stream_tts.translate import Translator
 
-    tr = Translator.load(path)
+    # Two cores, as the peers get (THREADS); the library's default is one, to leave a core to the voice.
+    tr = Translator.load(path, parallel=THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1")
     loaded_mb = peak_mb()
     tok = tr.tokenizer
     src = [tok.lang_id("eng_Latn")] + [tok.sp.piece_to_id(p) + tok.piece_offset for p in tokens[1:-1]] + [tok.eos_id]

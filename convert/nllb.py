@@ -39,13 +39,12 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_stream_tts.models.nllb import Model, ModelArgs, quantize_model
+from mlx_stream_tts.models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
 from mlx_stream_tts.nllb_tokenizer import META_FILE, SPM_FILE, NllbTokenizer, default_meta
 
 logger = logging.getLogger(__name__)
 
 CONVERT_HINT = "mlx-stream-tts convert nllb facebook/nllb-200-distilled-600M --out DIR"
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HUB_FILES = ("config.json", "generation_config.json", SPM_FILE, *TOKENIZER_FILES)
@@ -182,9 +181,6 @@ def rename_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, m
         if name in _TIED_COPIES or (name == "lm_head.weight" and args.tie_word_embeddings):
             if value.shape != shared.shape or not mx.array_equal(value, shared).item():
                 raise ValueError(f"{name} differs from model.shared.weight: untied embeddings are not supported")
-            continue
-        if name == "lm_head.weight":  # untied head: our LMHead is stored (d_model, vocab)
-            out[name] = value.T
             continue
         out[name] = value
     if not args.tie_word_embeddings and "lm_head.weight" not in out:
@@ -341,9 +337,9 @@ def convert_nllb(
         else:
             sample = Path(restrict_sample).read_text(encoding="utf-8") if restrict_sample else None
             keep = restricted_token_ids(tokenizer, list(restrict_vocab), sample)
-        full = weights.pop("lm_head.weight").T if "lm_head.weight" in weights else weights["model.shared.weight"]
+        full = weights.pop("lm_head.weight") if "lm_head.weight" in weights else weights["model.shared.weight"]
         index = mx.array(np.array(keep, dtype=np.int32))
-        weights["lm_head.weight"] = full[index].T  # (d_model, kept)
+        weights["lm_head.weight"] = full[index]  # (kept, d_model)
         weights["lm_head.output_token_ids"] = index
         config["output_vocab_size"] = len(keep)
         logger.info("output vocabulary restricted to %d of %d tokens (%s)", len(keep), args.vocab_size,

@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .models.nllb import Model, ModelArgs, quantize_model
+from .models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
 from .nllb_tokenizer import LANGUAGE_CODES, NllbTokenizer
 from .paths import cache_root
 
@@ -119,6 +119,8 @@ class Translator:
         tokenizer: its tokenizer.
         max_batch: sentences decoded together.
         len_ratio, len_extra: default length limit, ``len_ratio * source tokens + len_extra`` new tokens.
+        parallel: decode on two CPU cores (MLX streams); faster only while no other busy process (such
+            as the voice) needs the second core. See :meth:`Model.set_parallel`.
     """
 
     def __init__(
@@ -129,8 +131,10 @@ class Translator:
         max_batch: int = 8,
         len_ratio: float = 2.0,
         len_extra: int = 10,
+        parallel: bool = False,
     ):
         self.model = model
+        model.set_parallel(parallel)
         self.tokenizer = tokenizer
         self.args: ModelArgs = model.args
         self.max_batch = max_batch
@@ -157,7 +161,7 @@ class Translator:
             path: the folder written by ``mlx-stream-tts convert nllb`` (default: :func:`default_model_dir`).
             dtype: cast float weights on load (``"float32"``, ``"float16"``, ``"bfloat16"``); None keeps
                 the stored dtype.
-            **kwargs: passed to the constructor (``max_batch``, ``len_ratio``, ``len_extra``).
+            **kwargs: passed to the constructor (``max_batch``, ``len_ratio``, ``len_extra``, ``parallel``).
 
         Raises:
             FileNotFoundError: no (complete) converted model there.
@@ -183,6 +187,10 @@ class Translator:
         if "mlx_stream_tts" not in config:
             raise ValueError(f"{path} is a Hugging Face checkpoint, not a converted model; convert it with: "
                              f"mlx-stream-tts convert nllb {path} --out DIR")
+        fmt = config["mlx_stream_tts"].get("format") if isinstance(config["mlx_stream_tts"], dict) else None
+        if fmt != FORMAT_VERSION:
+            raise ValueError(f"{path} was converted in format {fmt!r}, this version reads format {FORMAT_VERSION}; "
+                             f"convert again with: {how} --overwrite")
         weights_path = path / WEIGHTS_FILE
         for needed in (weights_path, path / "sentencepiece.bpe.model"):
             if not needed.is_file():

@@ -34,7 +34,7 @@ def test_round_trip_and_every_tensor_used(tmp_path_factory):
         np.testing.assert_array_equal(np.array(ours[name]), value)
     assert set(ours) <= set(state)
     config = json.loads((out / "config.json").read_text())
-    assert config["mlx_stream_tts"]["format"] == 1 and config["quantization"] is None
+    assert config["mlx_stream_tts"]["format"] == 2 and config["quantization"] is None
 
 
 def test_pytorch_bin_checkpoint_with_tied_copies(tmp_path_factory, tmp_path):

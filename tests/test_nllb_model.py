@@ -29,8 +29,39 @@ def _mx(enc):
     return mx.array(enc.input_ids.numpy().astype(np.int32)), mx.array(enc.attention_mask.numpy().astype(bool))
 
 
+def _force_chunks(monkeypatch):
+    """Make every product of up to 16 rows take the chunked path of ``linear`` (tiny weights skip it)."""
+    from mlx_stream_tts.models import nllb
+
+    monkeypatch.setattr(nllb, "_SMALL_PRODUCT", 0)
+    monkeypatch.setattr(nllb, "_CHUNKING", True)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17])
+@pytest.mark.parametrize("shape", [(4096, 1024), (1024, 4096), (1000, 1024), (8, 64), (37, 16)])
+@pytest.mark.parametrize("small", [None, 0])
+@pytest.mark.parametrize("split", [False, True])
+def test_linear_equals_plain_matmul(monkeypatch, rows, shape, small, split):
+    from mlx_stream_tts.models import nllb
+
+    if small is not None:
+        monkeypatch.setattr(nllb, "_SMALL_PRODUCT", small)
+        monkeypatch.setattr(nllb, "_CHUNKING", True)
+        monkeypatch.setattr(nllb, "_MIN_SPLIT_PRODUCT", small)
+    n, k = shape
+    w, b = mx.random.normal((n, k)), mx.random.normal((n,))
+    x = mx.random.normal((rows, 1, k))
+    expected = np.array(x) @ np.array(w).T
+    np.testing.assert_allclose(np.array(nllb.linear(x, w, split=split)), expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.array(nllb.linear(x, w, b, split)), expected + np.array(b), rtol=1e-4, atol=1e-3)
+    assert nllb.linear(x, w, split=split).shape == (rows, 1, n)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
-def test_encoder_and_every_decoder_step_match(tmp_path_factory, name):
+def test_encoder_and_every_decoder_step_match(tmp_path_factory, monkeypatch, name, chunked):
+    if chunked:
+        _force_chunks(monkeypatch)
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
     model = Translator.load(get_converted(tmp_path_factory, name)).model
     texts = SAMPLE_TEXTS[:5]  # different lengths: padded batch

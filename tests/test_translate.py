@@ -33,15 +33,28 @@ def _sources(ref, texts):
     return [ref(t).input_ids for t in texts]
 
 
+def _force_path(monkeypatch, mode):
+    """Tiny weights skip the fast paths of models.nllb.linear; force them: "chunked" sends every product
+    of up to 16 rows through the chunked path, "parallel" also splits each over two streams."""
+    from mlx_stream_tts.models import nllb
+
+    if mode in ("chunked", "parallel"):
+        monkeypatch.setattr(nllb, "_SMALL_PRODUCT", 0)
+        monkeypatch.setattr(nllb, "_CHUNKING", True)
+        monkeypatch.setattr(nllb, "_MIN_SPLIT_PRODUCT", 0)
+
+
 # ------------------------------------------------------------------------------------ parity
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 @pytest.mark.parametrize("beams", [1, 2, 4])
-def test_tokens_identical_to_generate(tmp_path_factory, name, beams):
+@pytest.mark.parametrize("mode", ["plain", "chunked", "parallel"])
+def test_tokens_identical_to_generate(tmp_path_factory, monkeypatch, name, beams, mode):
+    _force_path(monkeypatch, mode)
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
-    tr = Translator.load(get_converted(tmp_path_factory, name))
+    tr = Translator.load(get_converted(tmp_path_factory, name), parallel=mode == "parallel")
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for max_new in (5, 15):
         expected = _hf_generate(hf, ref, SAMPLE_TEXTS, max_new, beams)
@@ -174,7 +187,10 @@ def test_bad_arguments(translator):
         translator.translate(["hi"], beam_size=0)
 
 
-def test_worker_thread(translator):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_worker_thread(translator, monkeypatch, parallel):
+    _force_path(monkeypatch, "parallel" if parallel else "plain")
+    translator.model.set_parallel(parallel)
     expected = translator.translate(SAMPLE_TEXTS[:2], "eng_Latn", "jpn_Jpan", max_new_tokens=6)
     # Load on this thread, translate on another, as the pipeline does.
     result = {}
@@ -188,6 +204,7 @@ def test_worker_thread(translator):
     t = threading.Thread(target=work)
     t.start()
     t.join(60)
+    translator.model.set_parallel(False)
     assert "err" not in result, result.get("err")
     assert result["out"] == expected
 
@@ -273,6 +290,11 @@ def test_load_errors(tmp_path_factory, tmp_path):
     (mismatch / "config.json").write_text(json.dumps({**config, "decoder_layers": config["decoder_layers"] + 1}))
     with pytest.raises(ValueError, match="does not fit"):
         Translator.load(mismatch)
+    old = tmp_path / "old"
+    shutil.copytree(good, old)
+    (old / "config.json").write_text(json.dumps({**config, "mlx_stream_tts": {**config["mlx_stream_tts"], "format": 1}}))
+    with pytest.raises(ValueError, match="format 1.*convert again"):
+        Translator.load(old)
     hf_folder, _, _ = get_checkpoint(tmp_path_factory, "d16")
     with pytest.raises(ValueError, match="not a converted model"):
         Translator.load(hf_folder)
