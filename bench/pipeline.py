@@ -4,7 +4,7 @@ The number a listener feels is the time from the moment a sentence's end arrives
 first audio reaches the sink. This feeds coding-assistant sentences in small pieces at a model-like
 rate through the real `Pipeline` with the real Kokoro voice and the NLLB translator (a random-weight
 model of the exact nllb-200-distilled-600M shape, as built by bench/translate.py: speed does not depend
-on the weight values; its output is meaningless Japanese, capped to a realistic length), and prints
+on the weight values; see RandomWeightTranslator for how its meaningless output is handled), and prints
 per-sentence latencies next to the origin system's (~334 ms NLLB-600M on PyTorch/Metal + ~618 ms
 macOS `say` = ~950 ms per sentence, on Apple silicon).
 
@@ -63,13 +63,38 @@ def default_nllb() -> Path:
     return cache_root() / "bench" / "nllb-600M-random" / "ours-fp32-r32k"
 
 
-def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float) -> list:
+class RandomWeightTranslator:
+    """Runs the real NLLB compute but hands the voice the known Japanese of each sentence.
+
+    A random-weight model's output is meaningless (and trips the repetition guard), so timing its text
+    through the voice would time noise. Here each sentence costs exactly what a real translation of
+    its length costs (encoder + greedy steps through the converted model, output capped at ~1.3x the
+    source tokens, about what a Japanese translation takes), and the voice speaks real Japanese.
+    """
+
+    def __init__(self, translator, reference: dict[str, str]):
+        self.translator, self.reference = translator, reference
+
+    def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
+        tok = self.translator.tokenizer
+        sources = [tok.encode(t, src_lang) for t in texts]
+        limits = [max(4, round(1.3 * len(s))) for s in sources]
+        self.translator.generate(sources, tok.lang_id(tgt_lang), max_new_tokens=limits, guard=False)
+        return [self.reference.get(t.strip(), "") for t in texts]
+
+
+def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float, gap: float) -> list:
+    """Feed the sentences in pieces; with ``gap`` > 0, wait that long after each sentence (an idle
+    pipeline per sentence, as when the agent pauses between messages), else all in one burst."""
     pipeline = Pipeline(translator=translator, voice=voice, sink=NullSink(), lang=lang, history=len(sentences) + 8)
-    text = " ".join(sentences)
     with pipeline:
-        for i in range(0, len(text), piece):
-            pipeline.feed(text[i : i + piece])
-            time.sleep(interval)
+        for sentence in sentences:
+            text = sentence + ("\n" if gap else " ")
+            for i in range(0, len(text), piece):
+                pipeline.feed(text[i : i + piece])
+                time.sleep(interval)
+            if gap:
+                time.sleep(gap)
     return [t for t in pipeline.timings() if t.first_audio is not None]
 
 
@@ -80,6 +105,8 @@ def main() -> int:
     parser.add_argument("--piece", type=int, default=4, help="characters per fed piece")
     parser.add_argument("--rate", type=float, default=80.0, help="pieces per second (Claude streams ~50-100 tokens/s)")
     parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads")
+    parser.add_argument("--gap", type=float, default=3.0,
+                        help="seconds of silence after each sentence (0: one burst; queueing then dominates)")
     args = parser.parse_args()
 
     _blas.set_blas_threads(args.threads)
@@ -95,17 +122,17 @@ def main() -> int:
         if not path.is_dir():
             print(f"no NLLB model at {path}: run bench/translate.py first (it builds the random 600M model)")
             return 1
-        # Random weights never emit </s>: cap the output near a real translation's length.
-        translator = Translator.load(path, len_ratio=1.3, len_extra=2)
+        translator = RandomWeightTranslator(Translator.load(path), dict(zip(ENGLISH, JAPANESE)))
     load_s = time.perf_counter() - t0
 
     sentences = JAPANESE if args.no_translate else ENGLISH
     lang = "ja" if args.no_translate else "en"
-    run(sentences[:2], translator, voice, lang, args.piece, 0.0)  # warm-up
-    timings = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate)
+    run(sentences[:2], translator, voice, lang, args.piece, 0.0, 0.0)  # warm-up
+    timings = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap)
 
     print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {args.threads} thread(s); models loaded in {load_s:.1f} s")
-    print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms; translator: {'none' if translator is None else path}")
+    print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms, {args.gap} s after each sentence; "
+          f"translator: {'none' if translator is None else path}")
     print(f"{'#':>3} {'chunked->translated':>20} {'chunked->first audio':>21}  text")
     lat = []
     for t in timings:
