@@ -224,7 +224,8 @@ class Voice:
             vocab = load_vocab(path)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise RuntimeError(f"cannot load the Kokoro model in {path} ({e}); {_FIX}") from e
-        return cls(MlxEngine(model), voices, vocab, voice=voice, mode=mode)
+        # The G2P dictionaries take ~0.8 s to load: pay that here, not on the first sentence.
+        return cls(MlxEngine(model), voices, vocab, voice=voice, mode=mode, g2p=_default_g2p())
 
     @property
     def voices(self) -> list[str]:
