@@ -149,3 +149,18 @@ def test_tool_summaries_flag(flag):
     proc = run_cli("speak", str(FIXTURES / "08_partial_tool_input_json_delta.jsonl"), "--dry-run", flag)
     out = proc.stdout.decode()
     assert "Running Bash" in out and "Listed contents of the working directory." in out
+
+
+def test_missing_translator_model_says_how_to_convert(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlx_stream_tts", "speak", "-", "--no-play"],
+        input=b"Hello there.", capture_output=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "MLX_STREAM_TTS_CACHE": str(tmp_path)},
+    )
+    assert proc.returncode != 0
+    assert b"mlx-stream-tts convert nllb" in proc.stderr
+
+
+def test_unknown_target_language_lists_close_matches():
+    proc = run_cli("speak", "-", "--no-play", "--to", "jpn_Japn", stdin=b"Hello.")
+    assert proc.returncode != 0 and b"jpn_Jpan" in proc.stderr
