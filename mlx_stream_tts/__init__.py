@@ -5,11 +5,13 @@ only works if nothing imported ``mlx.core`` earlier in the process. The public n
 use so that ``import mlx_stream_tts`` (and the CLI's ``--dry-run``) stays light.
 """
 
+import atexit
 from importlib import import_module
 
-from ._blas import ensure_fast_blas
+from ._blas import ensure_fast_blas, release_thread_streams
 
 ensure_fast_blas()
+atexit.register(release_thread_streams)  # the main thread's MLX streams, before shutdown
 
 __version__ = "0.1.0"
 

@@ -166,6 +166,18 @@ def set_blas_threads(n: int) -> bool:
     return False
 
 
+def release_thread_streams() -> None:
+    """Destroy the MLX streams the calling thread created (no-op if MLX was never imported).
+
+    MLX 0.32 no longer cleans up per-thread streams at exit by itself: a process whose worker threads
+    ran MLX can abort during interpreter shutdown ("terminate called without an active exception",
+    exit 134). Each thread that ran MLX calls this when it ends; the main thread does at exit.
+    """
+    mx = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_streams"):
+        mx.clear_streams()
+
+
 def blas_in_process() -> list[str]:
     """Paths of the BLAS libraries mapped in this process (from /proc/self/maps; Linux only)."""
     try:

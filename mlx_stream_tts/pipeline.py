@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._blas import release_thread_streams
 from .audio import NullSink
 from .chunking import SentenceChunker, code_cue, is_code_block, speakable
 from .types import SAMPLE_RATE, SinkLike, TranslatorLike, VoiceLike
@@ -411,6 +412,8 @@ class Pipeline:
             if self._crash is None:
                 self._crash, self._crash_stage = err, name
             self._drain_after_crash(name, inq, outq)
+        finally:
+            release_thread_streams()  # MLX models ran here: free this thread's streams before it ends
 
     def _drain_after_crash(self, name: str, inq: queue.Queue, outq: queue.Queue | None) -> None:
         # Keep the queues moving so that feed() never blocks forever and barriers still arrive;
