@@ -57,7 +57,8 @@ _SPACE = re.compile(r"\s")
 _SQ_CLOSE = re.compile(r"(?<=\S)'|\n")
 _PAREN_ITEM = re.compile(r"\((?:\d{1,3}|[A-Za-z]|[ivxlcIVXLC]{1,5})\)")
 # Emoji and other pictographs: after a sentence end they belong to that sentence ("Done! 🎉").
-_SYMBOL_RE = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0e\ufe0f\u200d\u20e3]")
+_PICTOGRAPHS = "\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0e\ufe0f\u200d\u20e3"
+_SYMBOL_RE = re.compile(f"[{_PICTOGRAPHS}]")
 _LINE_MARKERS = re.compile(r"^\s*(?:>\s*)*(?:[-*+•]\s+|\d{1,3}[.)]\s+)?")
 
 # --------------------------------------------------------------------------------------------
@@ -1000,10 +1001,8 @@ _EMPHASIS = (
     re.compile(r"(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])"),
 )
 _STRAY_MARKS = re.compile(r"\*\*+|~~+|(?<!\w)__+|__+(?!\w)")
-_EMOJI_BOX = re.compile(
-    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\u2500-\u25ff"
-    "\ufe0e\ufe0f\u200d\u20e3\U000e0020-\U000e007f\u2022\u2043\u2023]"
-)
+# Pictographs plus box drawing, tag characters and bullets: none of it is read out.
+_EMOJI_BOX = re.compile(f"[{_PICTOGRAPHS}\u2500-\u25ff\U000e0020-\U000e007f\u2022\u2043\u2023]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?、。！？)\]」』）])")
 _SPACE_AFTER_OPEN = re.compile(r"([(\[「『（])\s+")
 _EMPTY_BRACKETS = re.compile(r"\(\s*\)|\[\s*\]|（\s*）")
