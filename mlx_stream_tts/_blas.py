@@ -6,6 +6,10 @@ the standard names (``sgemm_``, ``cblas_sgemm``) into the global symbol scope *b
 first imported makes the dynamic linker bind MLX's BLAS calls to it. This module must therefore run
 before anything imports ``mlx``; ``mlx_stream_tts/__init__.py`` calls :func:`ensure_fast_blas` first.
 
+One-row products (decoding steps) go through a tiny C shim, data/gemv_shim.c, compiled once into the
+cache when a C compiler exists (``MLX_STREAM_TTS_GEMV=0`` turns it off): it binds MLX's ``cblas_sgemm``
+and hands those products to OpenBLAS's ``cblas_sgemv``, which reads the matrix in place.
+
 OpenBLAS runs one thread by default (see :func:`set_blas_threads`). Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
 ``libopenblas0-pthread``, then the ``cmeel-openblas`` wheel. The cmeel build needs ``libgfortran.so.5``,
 which a fresh machine may lack; the mlx-cpu and numpy wheels bundle one under a mangled name, so we
@@ -15,8 +19,12 @@ copy it into the cache with its SONAME set back to ``libgfortran.so.5`` and load
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -96,19 +104,89 @@ def _candidates() -> list[Path]:
     return [p for p in found if p.exists()]
 
 
-def _try_load(path: Path) -> bool:
+def _open(path: Path, mode: int) -> ctypes.CDLL | None:
     try:
-        handle = _load_global(path)
+        return ctypes.CDLL(str(path), mode=mode)
     except OSError as err:
         if "libgfortran" not in str(err) or not _gfortran_shim():
             logger.debug("cannot load %s: %s", path, err)
-            return False
+            return None
         try:
-            handle = _load_global(path)
+            return ctypes.CDLL(str(path), mode=mode)
         except OSError as err2:
             logger.debug("cannot load %s even with a gfortran shim: %s", path, err2)
-            return False
-    return hasattr(handle, "cblas_sgemm") and hasattr(handle, "sgemm_")
+            return None
+
+
+def _try_load(path: Path) -> bool:
+    # Opened locally first: the gemv shim (below) must enter the global scope before OpenBLAS does, so
+    # that MLX's cblas_sgemm binds to the shim and everything else (sgemm_, LAPACK) to OpenBLAS.
+    local = _open(path, os.RTLD_LOCAL | os.RTLD_NOW)
+    if local is None or not (hasattr(local, "cblas_sgemm") and hasattr(local, "sgemm_")):
+        return False
+    _handles.append(local)
+    _load_gemv_shim(local)
+    _load_global(path)  # promotes the same object to the global scope, behind the shim
+    return True
+
+
+_SHIM_SOURCE = Path(__file__).parent / "data" / "gemv_shim.c"
+#: The loaded gemv shim (see data/gemv_shim.c), or None.
+gemv_shim: ctypes.CDLL | None = None
+
+
+def _build_gemv_shim() -> Path | None:
+    """Compile data/gemv_shim.c once into the cache (keyed by its hash); None without a C compiler."""
+    source = _SHIM_SOURCE.read_bytes()
+    digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"libmst_gemv_shim-{digest}.so"
+    if target.exists():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        logger.info("no C compiler: one-row products keep OpenBLAS's packed sgemm (decoding ~2x slower)")
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}.so")
+    cmd = [compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SHIM_SOURCE), "-ldl"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logger.info("could not build the gemv shim (%s): one-row products keep the packed sgemm", err)
+        return None
+    if proc.returncode != 0:
+        logger.info("could not build the gemv shim: %s", proc.stderr.strip()[:500])
+        tmp.unlink(missing_ok=True)
+        return None
+    os.replace(tmp, target)
+    return target
+
+
+def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
+    global gemv_shim
+    if os.environ.get("MLX_STREAM_TTS_GEMV", "1").strip().lower() in ("0", "no", "off", "false"):
+        return
+    if not hasattr(openblas, "cblas_sgemv"):
+        return
+    path = _build_gemv_shim()
+    if path is None:
+        return
+    try:
+        shim = _load_global(path)
+        # Pointers to OpenBLAS's own functions (dlsym on its handle, not the global scope).
+        real = [ctypes.cast(getattr(openblas, name), ctypes.c_void_p) for name in ("cblas_sgemm", "cblas_sgemv")]
+        shim.mst_gemv_shim_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        shim.mst_gemv_shim_init(*real)
+        shim.mst_gemv_shim_calls.restype = ctypes.c_long
+    except (OSError, AttributeError) as err:
+        logger.info("gemv shim not loaded: %s", err)
+        return
+    gemv_shim = shim
+
+
+def gemv_calls() -> int:
+    """How many products the gemv shim has routed to sgemv in this process (-1: no shim)."""
+    return -1 if gemv_shim is None else int(gemv_shim.mst_gemv_shim_calls())
 
 
 def ensure_fast_blas() -> str | None:
@@ -158,12 +236,27 @@ def set_blas_threads(n: int) -> bool:
     thread per stage oversubscribes the cores (a 62x768 @ 768x768 matmul went from 0.5 ms to 20 ms).
     Benchmarks of one model alone may ask for more.
     """
+    global _threads
     for handle in reversed(_handles):
         setter = getattr(handle, "openblas_set_num_threads", None)
         if setter is not None:
             setter(max(1, int(n)))
+            _threads = None
             return True
     return False
+
+
+_threads: int | None = None
+
+
+def blas_threads() -> int:
+    """OpenBLAS's thread count (1 when no OpenBLAS is active)."""
+    global _threads
+    if _threads is None:
+        getter = next((getattr(h, "openblas_get_num_threads", None) for h in reversed(_handles)
+                       if getattr(h, "openblas_get_num_threads", None) is not None), None)
+        _threads = int(getter()) if getter is not None else 1
+    return _threads
 
 
 def release_thread_streams() -> None:

@@ -9,8 +9,9 @@ Three things differ from the reference on purpose, all for decoding speed:
 - The output projection runs on the positions the caller asks for (the last one when decoding).
 - An optional ``lm_head`` replaces the tied projection: an ``(n, d_model)`` matrix over a subset of the
   vocabulary (``output_token_ids`` maps its rows back to real token ids), or an untied full head.
-- Products with few rows (decoding) go through :func:`linear`, which splits the weight into chunks
-  (see there): the same weights and results, decoding steps 2-3x faster on a Linux CPU with OpenBLAS.
+- Products with few rows (decoding) go through :func:`linear`, which splits the weight into chunks or
+  leaves one-row products to the sgemv shim (see there): the same weights and results, decoding steps
+  2-3x faster on a Linux CPU with OpenBLAS.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _activation(name: str):
 # rows the weight's rows are split into chunks that fit and all chunks run as one batched matmul over a
 # free reshape of the same memory (MLX's CPU backend calls sgemm once per chunk). Measured with the
 # cmeel-openblas 0.3.31 build only: other BLAS libraries (macOS, no OpenBLAS found) keep plain products.
+# With the gemv shim loaded (_blas.py), one-row products reach OpenBLAS's sgemv directly and skip this.
 _CHUNKING = _blas.active_blas is not None and "openblas" in _blas.active_blas.lower()
 _SMALL_PRODUCT = 1 << 19  # M * chunk * K at most: half of OpenBLAS's limit, to stay clear of it
 _MAX_CHUNKED_ROWS = 16  # at 32 rows the packed sgemm was as fast
@@ -120,22 +122,31 @@ def linear(x: mx.array, weight: mx.array, bias: mx.array | None = None, split: b
 
     With ``split``, a large product with few rows runs its two halves of output rows on two MLX CPU
     streams (two cores): ~15% more read speed when the second core is free, a loss when it is busy.
+    (One-row products through the gemv shim split only when OpenBLAS runs one thread.)
     """
     *lead, k = x.shape
     rows = math.prod(lead)
     n = weight.shape[0]
     if not _CHUNKING or rows > _MAX_CHUNKED_ROWS or rows * n * k <= _SMALL_PRODUCT or mx.default_device() != mx.cpu:
         return x @ weight.T if bias is None else mx.addmm(bias, x, weight.T)
-    chunk = 1 << max(3, int(math.log2(max(1, _SMALL_PRODUCT // (rows * k)))))
     x2 = x.reshape(rows, k)
-    half = (n // 2 // chunk) * chunk
+    if rows == 1 and _blas.gemv_shim is not None:
+        # The shim turns this sgemm into OpenBLAS's sgemv: in place, no chunks needed. Its sgemv is
+        # threaded, so a second stream only helps when OpenBLAS runs one thread (measured).
+        product = lambda w: x2 @ w.T  # noqa: E731
+        half = n // 2
+        split = split and _blas.blas_threads() == 1
+    else:
+        chunk = 1 << max(3, int(math.log2(max(1, _SMALL_PRODUCT // (rows * k)))))
+        product = lambda w: _chunked(x2, w, chunk)  # noqa: E731
+        half = (n // 2 // chunk) * chunk
     if split and half and rows * n * k >= _MIN_SPLIT_PRODUCT:
-        first = _chunked(x2, weight[:half], chunk)
+        first = product(weight[:half])
         with mx.stream(_side_stream()):
-            second = _chunked(x2, weight[half:], chunk)
+            second = product(weight[half:])
         out = mx.concatenate([first, second], axis=1)
     else:
-        out = _chunked(x2, weight, chunk)
+        out = product(weight)
     if bias is not None:
         out = out + bias
     return out.reshape(*lead, n)
