@@ -168,6 +168,11 @@ class Pipeline:
             back into the pipeline, or it stalls that stage. Its exceptions are logged.
         history: how many sentences ``timings()`` remembers (older ones are forgotten).
         max_batch: most sentences translated in one call when several are waiting.
+        priority_lead: translation goes first: while the translator runs, the voice pauses between
+            chunks as long as the audio it has made is more than this many seconds ahead of real-time
+            playback (so the listener hears no gap). On a small CPU the two stages otherwise share
+            the cores and the next sentence's translation, the wait a listener hears, takes ~2x as
+            long. ``None``: never pause.
 
     Use as a context manager to ``close()`` on exit (``cancel()`` first if an exception, such as
     KeyboardInterrupt, is leaving the block).
@@ -188,6 +193,7 @@ class Pipeline:
         on_event: Callable[[Event], None] | None = None,
         history: int = 1000,
         max_batch: int = 8,
+        priority_lead: float | None = 0.5,
     ) -> None:
         if code not in ("cue", "skip", "read"):
             raise ValueError(f"code must be 'cue', 'skip' or 'read', got {code!r}")
@@ -205,6 +211,9 @@ class Pipeline:
         self.max_batch = max_batch
         self.on_event = on_event
         self.history = history
+        if priority_lead is not None and priority_lead < 0:
+            raise ValueError(f"priority_lead must be >= 0 or None, got {priority_lead}")
+        self.priority_lead = priority_lead
         # The code cue is said in the language that is spoken (code_cue() takes "ja" or "jpn_Jpan").
         self._cue_lang = voice.lang if voice is not None else tgt_lang if translator is not None else lang
         self._sample_rate = int(getattr(voice, "sample_rate", SAMPLE_RATE))
@@ -228,6 +237,10 @@ class Pipeline:
         self._crash_stage = ""
         self._closed = False
         self._close_lock = threading.Lock()
+        self._translator_idle = threading.Event()  # cleared while the translator runs
+        self._translator_idle.set()
+        self._play_end = 0.0  # when the audio made so far would end, played in real time (voice thread)
+        self.voice_paused = 0.0  # seconds the voice waited for the translator (a statistic)
 
         self._threads = [
             threading.Thread(target=self._run, args=(name, loop, inq, outq), name=f"mlx_stream_tts-{name}", daemon=True)
@@ -532,7 +545,11 @@ class Pipeline:
 
     def _call_translator(self, texts: list[str]) -> list[str]:
         assert self.translator is not None
-        out = self.translator.translate(texts, self.src_lang, self.tgt_lang)
+        self._translator_idle.clear()
+        try:
+            out = self.translator.translate(texts, self.src_lang, self.tgt_lang)
+        finally:
+            self._translator_idle.set()
         if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(s, str) for s in out):
             raise TypeError(f"translate() must return a list of {len(texts)} str, got {_describe(out)}")
         return out
@@ -553,12 +570,16 @@ class Pipeline:
             failed = False
             chunks = None
             try:
-                chunks = self.voice.synthesize(item.text, self.speed)
-                for chunk in chunks:
-                    if item.gen != self._gen:
+                chunks = iter(self.voice.synthesize(item.text, self.speed))
+                while True:
+                    self._yield_to_translator(item.gen)
+                    chunk = next(chunks, _END)  # synthesis runs here: generators compute lazily
+                    if chunk is _END or item.gen != self._gen:
                         break
                     audio = _check_chunk(chunk)
                     if audio.size:
+                        now = time.perf_counter()
+                        self._play_end = max(self._play_end, now) + audio.shape[0] / self._sample_rate
                         self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, audio))
             except Exception as err:
                 failed = True
@@ -568,6 +589,18 @@ class Pipeline:
                 if close is not None:
                     close()  # stop a generator left early by cancel()
             self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
+
+    def _yield_to_translator(self, gen: int) -> None:
+        """Wait while the translator runs and the audio already made covers the wait (see priority_lead)."""
+        if self.priority_lead is None or self.translator is None:
+            return
+        start = time.perf_counter()
+        while not self._translator_idle.is_set() and gen == self._gen:
+            spare = self._play_end - time.perf_counter() - self.priority_lead
+            if spare <= 0:
+                break
+            self._translator_idle.wait(timeout=min(spare, 0.05))  # short: notice cancel() too
+        self.voice_paused += time.perf_counter() - start
 
     def _sink_loop(self) -> None:
         current = -1  # the sentence whose chunks are arriving
@@ -620,6 +653,9 @@ class Pipeline:
     def _raise_crash(self) -> None:
         if self._crash is not None:
             raise self._crash
+
+
+_END = object()
 
 
 def _check_chunk(chunk: object) -> np.ndarray:

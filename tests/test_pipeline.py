@@ -91,6 +91,81 @@ def test_stages_overlap():
     assert n * d <= wall < 0.6 * 3 * n * d, wall
 
 
+class TimedTranslator(FakeTranslator):
+    """Records when each translate call ran."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.spans: list[tuple[float, float]] = []
+
+    def translate(self, texts, src_lang, tgt_lang):
+        start = time.perf_counter()
+        try:
+            return super().translate(texts, src_lang, tgt_lang)
+        finally:
+            self.spans.append((start, time.perf_counter()))
+
+
+class TimedVoice(FakeVoice):
+    """Records when each chunk's computation started and ended."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.spans: list[tuple[float, float]] = []
+
+    def synthesize(self, text, speed=1.0):
+        inner = super().synthesize(text, speed)
+        while True:
+            start = time.perf_counter()
+            chunk = next(inner, None)
+            if chunk is None:
+                return
+            self.spans.append((start, time.perf_counter()))
+            yield chunk
+
+
+def _voice_during_second_translation(priority_lead, translate_delay):
+    # Sentence 0 makes 16 chunks of 0.5 s audio at 0.04 s each; sentence 1 arrives once the voice is
+    # ~2 s of audio ahead of real time, and its translation takes `translate_delay`.
+    tr = TimedTranslator(delay=translate_delay)
+    voice = TimedVoice(chunks=16, chunk_len=12_000, delay=16 * 0.04)
+    log = EventLog()
+    with Pipeline(tr, voice, NullSink(), priority_lead=priority_lead, on_event=log) as p:
+        p.feed(lines([0]))
+        deadline = time.perf_counter() + 5
+        while not any(e.stage == "first_audio" for e in log.events) and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.16)
+        p.feed(lines([1]))
+        p.flush()
+        paused = p.voice_paused
+    start, end = tr.spans[1]
+    inside = [s for s in voice.spans if start + 0.01 < s[0] and s[1] < end]
+    return inside, voice, paused
+
+
+def test_voice_pauses_for_the_translator_while_its_audio_lasts():
+    inside, voice, paused = _voice_during_second_translation(0.5, 0.3)
+    assert len(voice.spans) == 32
+    assert inside == [], inside  # no chunk computed while sentence 1 was being translated
+    assert paused > 0.2
+    # The control: without priority the voice keeps computing during the translation.
+    inside, _, paused = _voice_during_second_translation(None, 0.3)
+    assert len(inside) >= 3 and paused == 0.0
+
+
+def test_voice_pause_ends_before_the_listener_would_hear_a_gap():
+    # A 4 s translation outlasts the ~2 s of audio ahead: the voice must resume during it.
+    inside, voice, paused = _voice_during_second_translation(0.5, 4.0)
+    assert len(inside) >= 3 and paused > 1.0, (inside, paused)
+    # Played in real time from its first chunk, sentence 0's audio never runs dry: each chunk is
+    # ready before the audio made before it has finished playing.
+    play_end = voice.spans[0][1]
+    for _, ready in voice.spans[:16]:
+        assert ready <= play_end + 0.05, (ready, play_end)
+        play_end = max(play_end, ready) + 0.5
+
+
 def test_batches_when_behind():
     tr = FakeTranslator(delay=0.02)
     sink = RecordingSink()
