@@ -1,7 +1,8 @@
 """End-to-end latency: English text streamed in like Claude's output -> translated -> spoken.
 
 The number a listener feels is the time from the moment a sentence's end arrives to the moment its
-first audio reaches the sink. This feeds coding-assistant sentences in small pieces at a model-like
+first audio reaches the sink, which by default takes audio at real-time playback pace (PacedSink): a
+sentence cannot be heard before the one before it has finished playing. This feeds coding-assistant sentences in small pieces at a model-like
 rate through the real `Pipeline` with the real Kokoro voice and the NLLB translator (a random-weight
 model of the exact nllb-200-distilled-600M shape, as built by bench/translate.py: speed does not depend
 on the weight values; see RandomWeightTranslator for how its meaningless output is handled), and prints
@@ -83,10 +84,35 @@ class RandomWeightTranslator:
         return [self.reference.get(t.strip(), "") for t in texts]
 
 
-def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float, gap: float) -> list:
+class PacedSink(NullSink):
+    """Takes audio at the pace a sound card plays it.
+
+    ``write`` returns once the audio before it has played down to ``buffer`` seconds, as a blocking
+    device write does, so a sentence's first audio is counted when a listener would hear it (within
+    ``buffer``), not when it was computed.
+    """
+
+    def __init__(self, buffer: float = 0.1) -> None:
+        super().__init__()
+        self.buffer = buffer
+        self.play_end = 0.0
+
+    def write(self, audio) -> None:
+        wait = self.play_end - self.buffer - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        super().write(audio)
+        self.play_end = max(time.perf_counter(), self.play_end) + len(audio) / (self.sample_rate or 24_000)
+
+
+def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float, gap: float,
+        priority_lead: float | None = 0.5, paced: bool = True) -> tuple[list, float]:
     """Feed the sentences in pieces; with ``gap`` > 0, wait that long after each sentence (an idle
-    pipeline per sentence, as when the agent pauses between messages), else all in one burst."""
-    pipeline = Pipeline(translator=translator, voice=voice, sink=NullSink(), lang=lang, history=len(sentences) + 8)
+    pipeline per sentence, as when the agent pauses between messages), else all in one burst.
+    Returns the timings and the seconds the voice paused for the translator."""
+    sink = PacedSink() if paced else NullSink()
+    pipeline = Pipeline(translator=translator, voice=voice, sink=sink, lang=lang, history=len(sentences) + 8,
+                        priority_lead=priority_lead)
     with pipeline:
         for sentence in sentences:
             text = sentence + ("\n" if gap else " ")
@@ -95,7 +121,7 @@ def run(sentences: list[str], translator, voice, lang: str, piece: int, interval
                 time.sleep(interval)
             if gap:
                 time.sleep(gap)
-    return [t for t in pipeline.timings() if t.first_audio is not None]
+    return [t for t in pipeline.timings() if t.first_audio is not None], pipeline.voice_paused
 
 
 def main() -> int:
@@ -105,6 +131,11 @@ def main() -> int:
     parser.add_argument("--piece", type=int, default=4, help="characters per fed piece")
     parser.add_argument("--rate", type=float, default=80.0, help="pieces per second (Claude streams ~50-100 tokens/s)")
     parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads")
+    parser.add_argument("--no-pace", action="store_true",
+                        help="audio goes to a sink that takes it at once (default: at real-time playback pace)")
+    parser.add_argument("--parallel", action="store_true", help="translator decodes on two MLX streams")
+    parser.add_argument("--priority-lead", default="0.5",
+                        help="Pipeline(priority_lead=...): seconds; 'none' lets the voice run during translation")
     parser.add_argument("--gap", type=float, default=3.0,
                         help="seconds of silence after each sentence (0: one burst; queueing then dominates)")
     args = parser.parse_args()
@@ -122,17 +153,21 @@ def main() -> int:
         if not path.is_dir():
             print(f"no NLLB model at {path}: run bench/translate.py first (it builds the random 600M model)")
             return 1
-        translator = RandomWeightTranslator(Translator.load(path), dict(zip(ENGLISH, JAPANESE)))
+        translator = RandomWeightTranslator(Translator.load(path, parallel=args.parallel), dict(zip(ENGLISH, JAPANESE)))
     load_s = time.perf_counter() - t0
 
     sentences = JAPANESE if args.no_translate else ENGLISH
     lang = "ja" if args.no_translate else "en"
-    run(sentences[:2], translator, voice, lang, args.piece, 0.0, 0.0)  # warm-up
-    timings = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap)
+    lead = None if args.priority_lead.lower() == "none" else float(args.priority_lead)
+    run(sentences[:2], translator, voice, lang, args.piece, 0.0, 0.0, lead, paced=False)  # warm-up
+    timings, paused = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap, lead,
+                          paced=not args.no_pace)
 
     print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {args.threads} thread(s); models loaded in {load_s:.1f} s")
     print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms, {args.gap} s after each sentence; "
-          f"translator: {'none' if translator is None else path}")
+          f"sink: {'immediate' if args.no_pace else 'real-time paced'}; "
+          f"translator: {'none' if translator is None else path}{' (parallel)' if args.parallel else ''}; "
+          f"priority_lead {lead}: the voice paused {paused:.1f} s for the translator")
     print(f"{'#':>3} {'chunked->translated':>20} {'chunked->first audio':>21}  text")
     lat = []
     for t in timings:
