@@ -5,13 +5,15 @@
 
 Output folder: ``config.json`` (the source config plus our fields), ``model.safetensors`` (names as
 ``mlx_stream_tts/models/nllb.py`` wants them), ``sentencepiece.bpe.model`` + ``nllb_tokenizer.json``
-(what :class:`mlx_stream_tts.nllb_tokenizer.NllbTokenizer` reads) and the source's own tokenizer files.
+(what :func:`mlx_stream_tts.nllb_tokenizer.load_tokenizer` reads) and the source's own tokenizer files,
+``vocab.json`` among them for M2M100's tokenizer (told apart by tokenizer_config.json's
+``tokenizer_class``, or by ``vocab.json`` when there is no class).
 It is written to a temporary folder beside the target and renamed into place at the end.
 
 Vocabulary restriction (``--restrict-vocab LANG ...``): the output projection keeps only the rows of
-tokens that the listed languages can write, decided from each piece's characters and the script in the
-language code (``jpn_Jpan`` -> Han, Hiragana, Katakana; ``eng_Latn`` -> Latin): a piece is kept when
-every character belongs to one of those scripts or is a digit, punctuation, symbol or space. ``</s>``
+tokens that the listed languages can write, decided from each piece's characters and the script of the
+language (``jpn_Jpan``, ``ja`` or ``__ja__`` -> Han, Hiragana, Katakana; ``eng_Latn`` -> Latin): a piece
+is kept when every character belongs to one of those scripts or is a digit, punctuation, symbol or space. ``</s>``
 is always kept, and ``--restrict-sample FILE`` adds every token of a text in the target language.
 Decoding then takes the argmax over the kept rows and maps it back to the real token id, so the
 result is exactly the unrestricted one whenever the unrestricted output uses only kept tokens; it
@@ -40,13 +42,21 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_stream_tts.models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
-from mlx_stream_tts.nllb_tokenizer import META_FILE, SPM_FILE, NllbTokenizer, default_meta
+from mlx_stream_tts.nllb_tokenizer import (
+    META_FILE,
+    SPM_FILE,
+    VOCAB_FILE,
+    M2M100Tokenizer,
+    NllbTokenizer,
+    default_meta,
+    m2m100_meta,
+)
 
 logger = logging.getLogger(__name__)
 
 CONVERT_HINT = "mlx-stream-tts convert nllb facebook/nllb-200-distilled-600M --out DIR"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", VOCAB_FILE)
 HUB_FILES = ("config.json", "generation_config.json", SPM_FILE, *TOKENIZER_FILES)
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -191,18 +201,29 @@ def rename_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, m
 # ------------------------------------------------------------------------------------------ tokenizer
 
 
+def tokenizer_kind(folder: Path) -> str:
+    """``"nllb"`` or ``"m2m100"``: tokenizer_config.json's tokenizer_class, else vocab.json's presence."""
+    cls = _tokenizer_config(folder).get("tokenizer_class")
+    if not cls:
+        return "m2m100" if (folder / VOCAB_FILE).is_file() else "nllb"
+    if cls.startswith("Nllb"):
+        return "nllb"
+    if cls.startswith("M2M100"):
+        return "m2m100"
+    raise ValueError(
+        f"{folder} has a {cls} tokenizer; this converter reads NLLB's (NllbTokenizer) and M2M100's "
+        "(M2M100Tokenizer), both sentencepiece + language codes"
+    )
+
+
+def _tokenizer_config(folder: Path) -> dict:
+    path = folder / "tokenizer_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def tokenizer_meta(folder: Path, sp_size: int) -> dict:
-    """Our tokenizer id layout, checked against the source's tokenizer.json when it has one."""
-    clean_up = False
-    config_path = folder / "tokenizer_config.json"
-    if config_path.is_file():
-        tok_config = json.loads(config_path.read_text())
-        clean_up = bool(tok_config.get("clean_up_tokenization_spaces", False))
-        cls = tok_config.get("tokenizer_class", "NllbTokenizer")
-        if cls and not cls.startswith("Nllb"):
-            raise ValueError(
-                f"{folder} has a {cls} tokenizer; only NLLB's (sentencepiece + language codes) is supported"
-            )
+    """NLLB's tokenizer id layout, checked against the source's tokenizer.json when it has one."""
+    clean_up = bool(_tokenizer_config(folder).get("clean_up_tokenization_spaces", False))
     meta = default_meta(sp_size, clean_up)
     tok_json = folder / "tokenizer.json"
     if tok_json.is_file():
@@ -223,6 +244,25 @@ def tokenizer_meta(folder: Path, sp_size: int) -> dict:
     return meta
 
 
+def load_source_tokenizer(folder: Path) -> tuple[NllbTokenizer, dict]:
+    """The source's tokenizer (NLLB's or M2M100's) and the metadata that our folder keeps for it."""
+    kind = tokenizer_kind(folder)
+    sp_path = folder / SPM_FILE
+    if not sp_path.is_file():
+        raise FileNotFoundError(f"{sp_path} is missing: the sentencepiece model of the {kind} tokenizer is needed")
+    if kind == "nllb":
+        meta = tokenizer_meta(folder, NllbTokenizer(sp_path).sp.get_piece_size())
+        return NllbTokenizer(sp_path, meta), meta
+    vocab_path = folder / VOCAB_FILE
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"{vocab_path} is missing: M2M100's tokenizer maps pieces to ids through it")
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    tok_config = _tokenizer_config(folder)
+    meta = m2m100_meta(vocab, tok_config.get("language_codes", "m2m100"), int(tok_config.get("num_madeup_words", 8)),
+                       bool(tok_config.get("clean_up_tokenization_spaces", False)))
+    return M2M100Tokenizer(sp_path, vocab, meta), meta
+
+
 def _char_allowed(char: str, prefixes: tuple[str, ...]) -> bool:
     category = unicodedata.category(char)
     if category[0] in "PSZ" or category in ("No", "Nl"):
@@ -235,23 +275,21 @@ def _char_allowed(char: str, prefixes: tuple[str, ...]) -> bool:
 
 def restricted_token_ids(tokenizer: NllbTokenizer, langs: list[str], sample_text: str | None = None) -> list[int]:
     """Token ids the languages ``langs`` can write (see the module docstring), sorted."""
+    from mlx_stream_tts.translate import lang_script
+
     prefixes: tuple[str, ...] = ()
     for lang in langs:
-        script = lang.rpartition("_")[2]
+        script = lang_script(lang)
         if script not in SCRIPT_PREFIXES:
             raise ValueError(
                 f"cannot restrict the vocabulary for {lang!r}: unknown script {script!r} "
                 f"(known: {', '.join(sorted(SCRIPT_PREFIXES))})"
             )
         prefixes += SCRIPT_PREFIXES[script]
-    sp = tokenizer.sp
     keep = {tokenizer.eos_id}
-    for sp_id in range(sp.get_piece_size()):
-        if sp.is_control(sp_id) or sp.is_unknown(sp_id):
-            continue
-        text = sp.id_to_piece(sp_id).replace("\u2581", "")
-        if all(_char_allowed(c, prefixes) for c in text):
-            keep.add(sp_id + tokenizer.piece_offset)
+    for token_id, piece in tokenizer.vocab_pieces():
+        if all(_char_allowed(c, prefixes) for c in piece.replace("\u2581", "")):
+            keep.add(token_id)
     if sample_text:
         for line in sample_text.splitlines():
             keep.update(i for i in tokenizer.encode_pieces(line) if i != tokenizer.unk_id)
@@ -318,10 +356,7 @@ def convert_nllb(
 
     folder = fetch_source(src, revision)
     config = read_config(folder)
-    sp_path = folder / SPM_FILE
-    if not sp_path.is_file():
-        raise FileNotFoundError(f"{sp_path} is missing: the NLLB tokenizer is needed (the M2M100 tokenizer is not supported)")
-    tokenizer = NllbTokenizer(sp_path, tokenizer_meta(folder, NllbTokenizer(sp_path).sp.get_piece_size()))
+    tokenizer, tokenizer_metadata = load_source_tokenizer(folder)
     args = ModelArgs.from_dict(config)
     if len(tokenizer) > args.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} ids but the model only {args.vocab_size}")
@@ -373,21 +408,11 @@ def convert_nllb(
     tmp.mkdir()
     try:
         mx.save_safetensors(str(tmp / WEIGHTS_FILE), params, metadata={"format": "mlx"})
-        shutil.copy2(sp_path, tmp / SPM_FILE)
+        shutil.copy2(folder / SPM_FILE, tmp / SPM_FILE)
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, tmp / name)
-        meta = {
-            "bos_token_id": tokenizer.bos_id,
-            "pad_token_id": tokenizer.pad_id,
-            "eos_token_id": tokenizer.eos_id,
-            "unk_token_id": tokenizer.unk_id,
-            "piece_offset": tokenizer.piece_offset,
-            "lang_code_to_id": tokenizer.lang_code_to_id,
-            "mask_token_id": tokenizer.mask_id,
-            "clean_up_tokenization_spaces": tokenizer.clean_up_tokenization_spaces,
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        (tmp / META_FILE).write_text(json.dumps(tokenizer_metadata, indent=1, ensure_ascii=False))
         # config.json last: its presence marks a complete folder.
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
         _replace_dir(tmp, out, overwrite)

@@ -14,10 +14,11 @@ re-decodes degenerate greedy outputs with beam search and n-gram blocking.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
-from .nllb_tokenizer import LANGUAGE_CODES, NllbTokenizer
+from .nllb_tokenizer import LANGUAGE_CODES, M2M100_LANGUAGE_CODES, NllbTokenizer, load_tokenizer
 from .paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -61,36 +62,83 @@ SHORT_CODES: dict[str, str] = {
     "xh": "xho_Latn", "yi": "ydd_Hebr", "yo": "yor_Latn", "zh": "zho_Hans", "zu": "zul_Latn",
     "zh-cn": "zho_Hans", "zh-hans": "zho_Hans", "zh-tw": "zho_Hant", "zh-hant": "zho_Hant",
     "pt-br": "por_Latn", "english": "eng_Latn", "japanese": "jpn_Jpan",
+    "ba": "bak_Cyrl", "ff": "fuv_Latn", "lg": "lug_Latn", "ln": "lin_Latn", "ss": "ssw_Latn", "tn": "tsn_Latn",
 }
 
 # Scripts written without spaces between sentences: pieces of a split text are joined directly.
 _NO_SPACE_SCRIPTS = ("Jpan", "Hans", "Hant", "Thai", "Mymr", "Khmr", "Laoo", "Tibt")
 
 
-def resolve_lang(code: str) -> str:
-    """An NLLB language code from ``jpn_Jpan``, ``ja``, ``jpn`` or ``JPN_JPAN``.
+# M2M100 codes (fairseq's) that are not ISO 639-1 codes of SHORT_CODES; its other 3-letter codes (ast, ceb,
+# ilo) are the prefixes of their NLLB codes.
+_M2M100_ONLY_CODES = {"ns": "nso_Latn"}
+_NLLB_BY_LOWER = {c.lower(): c for c in LANGUAGE_CODES}
+
+
+@functools.lru_cache(maxsize=1024)
+def _nllb_code(code: str) -> str | None:
+    """The NLLB code for ``jpn_Jpan``, ``JPN_JPAN``, ``ja``, ``jpn``, ``zh-TW`` or ``__ja__``; None if unknown."""
+    key = code.strip()
+    if len(key) > 4 and key.startswith("__") and key.endswith("__"):
+        key = key[2:-2]  # an M2M100 token
+    lower = key.lower()
+    if lower.replace("-", "_") in _NLLB_BY_LOWER:
+        return _NLLB_BY_LOWER[lower.replace("-", "_")]
+    short = SHORT_CODES.get(lower) or SHORT_CODES.get(lower.replace("_", "-")) or _M2M100_ONLY_CODES.get(lower)
+    if short:
+        return short
+    prefixed = [c for c in LANGUAGE_CODES if c.split("_")[0] == lower]
+    return prefixed[0] if len(prefixed) == 1 else None
+
+
+# Codes that only M2M100 knows (br, fy), as its tokens: accepted before a model is loaded.
+_M2M100_ONLY_TOKENS = tuple(f"__{c}__" for c in M2M100_LANGUAGE_CODES["m2m100"] if _nllb_code(c) is None)
+
+
+def lang_script(code: str) -> str | None:
+    """The ISO 15924 script of a language code (``jpn_Jpan``, ``ja``, ``__ja__`` -> ``Jpan``), None if unknown."""
+    return (_nllb_code(code) or code).rpartition("_")[2] or None
+
+
+def resolve_lang(code: str, codes: Iterable[str] | None = None) -> str:
+    """The language code of a tokenizer from ``jpn_Jpan``, ``ja``, ``jpn``, ``JPN_JPAN`` or ``__ja__``.
+
+    Args:
+        code: a code as users write it.
+        codes: the tokenizer's language codes (``tokenizer.lang_code_to_id``): NLLB's ``jpn_Jpan`` or
+            M2M100's ``__ja__``. None accepts the codes of both and returns the NLLB one where it exists.
 
     Raises:
         ValueError: unknown code (the message lists close matches).
     """
     if not isinstance(code, str) or not code.strip():
         raise ValueError(f"language code must be a non-empty string, not {code!r}")
-    key = code.strip().replace("-", "_")
-    by_lower = {c.lower(): c for c in LANGUAGE_CODES}
-    if key.lower() in by_lower:
-        return by_lower[key.lower()]
-    short = SHORT_CODES.get(code.strip().lower()) or SHORT_CODES.get(key.lower())
-    if short:
-        return short
-    prefixed = [c for c in LANGUAGE_CODES if c.split("_")[0] == key.lower()]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    candidates = list(LANGUAGE_CODES) + list(SHORT_CODES)
-    close = prefixed or difflib.get_close_matches(key, candidates, n=6, cutoff=0.5)
-    if not close:
-        close = [c for c in LANGUAGE_CODES if key.lower()[:2] and c.startswith(key.lower()[:2])][:6]
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"unknown language code {code!r} (use an NLLB code like jpn_Jpan or a short code like ja){hint}")
+    known = list(codes) if codes is not None else [*LANGUAGE_CODES, *_M2M100_ONLY_TOKENS]
+    by_lower = {c.lower(): c for c in known}
+    key = code.strip()
+    by_nllb: dict[str | None, str] = {}  # NLLB code -> the tokenizer's code for it (identity for NLLB's)
+    for c in known:
+        by_nllb.setdefault(_nllb_code(c), c)
+    by_nllb.pop(None, None)
+    found = by_lower.get(key.lower()) or by_nllb.get(_nllb_code(key)) or by_lower.get(f"__{key.lower()}__")
+    if found:
+        return found
+    # Close matches among NLLB's codes and short codes, and among the tokenizer's own codes (M2M100's
+    # __ja__ compared as ja), each shown as the tokenizer writes it.
+    lower = key.lower().replace("-", "_").strip("_")
+    guesses = [c for c in LANGUAGE_CODES if c.split("_")[0] == lower]
+    guesses = guesses or difflib.get_close_matches(key, [*LANGUAGE_CODES, *SHORT_CODES], n=6, cutoff=0.5)
+    guesses = guesses or [c for c in LANGUAGE_CODES if lower[:2] and c.startswith(lower[:2])]
+    bare = {c.strip("_").lower(): c for c in known}
+    guesses += [bare[c] for c in difflib.get_close_matches(lower, list(bare), n=6, cutoff=0.5)]
+    close: list[str] = []
+    for guess in guesses:
+        own = by_lower.get(guess.lower()) or by_nllb.get(_nllb_code(guess))
+        if own and own not in close:
+            close.append(own)
+    hint = f"; close matches: {', '.join(close[:6])}" if close else ""
+    example = "__ja__, ja or jpn_Jpan" if known and known[0].startswith("__") else "jpn_Jpan or a short code like ja"
+    raise ValueError(f"unknown language code {code!r} (use a code like {example}){hint}")
 
 
 def default_model_dir() -> Path:
@@ -212,7 +260,10 @@ class Translator:
             model.apply(lambda p: p.astype(target) if mx.issubdtype(p.dtype, mx.floating) else p)
         model.eval()
         mx.eval(model.parameters())
-        tokenizer = NllbTokenizer.load(path)
+        try:
+            tokenizer = load_tokenizer(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; convert again with: {how} --overwrite") from None
         logger.info("loaded %s (%s)", path, config["mlx_stream_tts"].get("dtype"))
         return cls(model, tokenizer, **kwargs)
 
@@ -239,9 +290,8 @@ class Translator:
             raise TypeError("translate() takes a list of strings; wrap a single text in a list")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, not {beam_size}")
-        src_lang, tgt_lang = resolve_lang(src_lang), resolve_lang(tgt_lang)
+        src_lang, tgt_lang = self._resolve(src_lang), self._resolve(tgt_lang)
         tgt_id = self.tokenizer.lang_id(tgt_lang)
-        self.tokenizer.lang_id(src_lang)
         # Each text -> one or more token sequences (long texts are split).
         pieces: list[list[int]] = []
         owner: list[int] = []
@@ -252,7 +302,7 @@ class Translator:
                 pieces.append(ids)
                 owner.append(i)
         outputs = self.generate(pieces, tgt_id, beam_size=beam_size, max_new_tokens=max_new_tokens)
-        joiner = "" if tgt_lang.rpartition("_")[2] in _NO_SPACE_SCRIPTS else " "
+        joiner = "" if lang_script(tgt_lang) in _NO_SPACE_SCRIPTS else " "
         parts: list[list[str]] = [[] for _ in texts]
         for i, out in zip(owner, outputs):
             parts[i].append(self.tokenizer.decode(out))
@@ -271,9 +321,9 @@ class Translator:
         repetition guard cannot take back text already yielded: a degenerate output is cut at the
         point where it starts repeating (and logged) instead of being re-decoded.
         """
-        src_lang, tgt_lang = resolve_lang(src_lang), resolve_lang(tgt_lang)
+        src_lang, tgt_lang = self._resolve(src_lang), self._resolve(tgt_lang)
         tgt_id = self.tokenizer.lang_id(tgt_lang)
-        joiner = "" if tgt_lang.rpartition("_")[2] in _NO_SPACE_SCRIPTS else " "
+        joiner = "" if lang_script(tgt_lang) in _NO_SPACE_SCRIPTS else " "
         first = True
         for source in self._source_pieces(text, src_lang):
             limit = self._limit(source, max_new_tokens)
@@ -339,6 +389,10 @@ class Translator:
         return final
 
     # ------------------------------------------------------------------------------ internals
+
+    def _resolve(self, code: str) -> str:
+        """This model's code for ``code`` (NLLB's ``jpn_Jpan``, M2M100's ``__ja__``)."""
+        return resolve_lang(code, self.tokenizer.lang_code_to_id)
 
     def _limit(self, source: list[int], max_new_tokens: int | None) -> int:
         if max_new_tokens is None:

@@ -1,5 +1,6 @@
-"""Shared builders for the NLLB tests: a tiny sentencepiece model trained here, a reference
-transformers tokenizer built from it, and tiny random M2M100 checkpoints in the hub layout.
+"""Shared builders for the NLLB tests: a tiny sentencepiece model trained here, reference transformers
+tokenizers built from it (NLLB's, and M2M100's with its own vocab.json), and tiny random M2M100
+checkpoints in the hub layout.
 
 Everything is built once per test session (module-level cache) under pytest's session temp dir.
 Import the fixtures into a test module with ``from nllb_fixtures import ...``.
@@ -123,16 +124,52 @@ def build_reference_tokenizer(spm_path: Path, folder: Path):
     return NllbTokenizer.from_pretrained(str(out)), out
 
 
-def _tune_eos(model, tokenizer) -> float:
+def build_m2m100_tokenizer(spm_path: Path, folder: Path):
+    """transformers' M2M100Tokenizer for ``spm_path`` with a vocab.json, in the hub's file layout.
+
+    The vocab.json ids are the pieces in a shuffled order with a few pieces left out, so that a tokenizer
+    using sentencepiece's ids, or not mapping missing pieces to <unk>, gives different ids.
+    """
+    import random
+
+    import sentencepiece as spm
+    from transformers import M2M100Tokenizer
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+    random.Random(5).shuffle(pieces)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in pieces[6:]:
+        vocab[piece] = len(vocab)
+    out = folder / "m2m100"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    shutil.copy2(spm_path, out / "sentencepiece.bpe.model")
+    # As on the hub (facebook/m2m100_418M); transformers 5's save_pretrained writes no
+    # special_tokens_map.json, and without it the language tokens are not special (decode keeps them).
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "src_lang": None, "tgt_lang": None, "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+        "unk_token": "<unk>", "pad_token": "<pad>", "language_codes": "m2m100", "sp_model_kwargs": {},
+        "num_madeup_words": 8, "model_max_length": 1024, "tokenizer_class": "M2M100Tokenizer",
+    }))
+    (out / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>",
+        "additional_special_tokens": [f"__{c}__" for c in FAIRSEQ_LANGUAGE_CODES["m2m100"]],
+    }))
+    return M2M100Tokenizer.from_pretrained(str(out)), out
+
+
+def _tune_eos(model, tokenizer, src_lang: str = "eng_Latn", tgt: str = "jpn_Jpan") -> float:
     """Push the decoder's final layer-norm bias toward </s> until greedy outputs end at varied lengths.
 
     Random decoders loop on one token and never end; sentences that end (and beams that finish at
     different steps) are what the decoding tests need to exercise.
     """
 
-    tokenizer.src_lang = "eng_Latn"
+    tokenizer.src_lang = src_lang
     enc = tokenizer(SAMPLE_TEXTS, return_tensors="pt", padding=True)
-    tgt = tokenizer.convert_tokens_to_ids("jpn_Jpan")
+    tgt = tokenizer.convert_tokens_to_ids(tgt)
     eos_dir = model.model.shared.weight[2] / model.model.shared.weight[2].norm()
     bias = model.model.decoder.layer_norm.bias
     base = bias.clone()
@@ -148,13 +185,15 @@ def _tune_eos(model, tokenizer) -> float:
 
 
 def build_hf_checkpoint(folder: Path, tok_dir: Path, tokenizer, overrides: dict, seed: int,
-                        as_bin: bool = False, max_position_embeddings: int = 96):
-    """A random M2M100ForConditionalGeneration saved in the hub layout with the tokenizer files."""
+                        as_bin: bool = False, max_position_embeddings: int = 96, vocab_size: int | None = None,
+                        langs: tuple[str, str] = ("eng_Latn", "jpn_Jpan")):
+    """A random M2M100ForConditionalGeneration saved in the hub layout with the tokenizer files of
+    ``tok_dir``; ``langs`` are the source (as ``tokenizer.src_lang``) and target token for tuning </s>."""
     import torch
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     config = M2M100Config(
-        vocab_size=len(tokenizer) + 2, max_position_embeddings=max_position_embeddings, dropout=0.0,
+        vocab_size=vocab_size or len(tokenizer) + 2, max_position_embeddings=max_position_embeddings, dropout=0.0,
         attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         decoder_start_token_id=2, **{"activation_function": "relu", **overrides},
     )
@@ -168,7 +207,7 @@ def build_hf_checkpoint(folder: Path, tok_dir: Path, tokenizer, overrides: dict,
                 # Larger than the default init so that logits are well separated (argmax ties would
                 # make token comparisons depend on float rounding).
                 p.copy_(2.0 * torch.randn_like(p) / max(1.0, p.shape[-1] ** 0.5))
-        _tune_eos(model, tokenizer)
+        _tune_eos(model, tokenizer, *langs)
     folder.mkdir(parents=True, exist_ok=True)
     if as_bin:
         # Like the real NLLB pytorch_model.bin: every tied copy stored.
@@ -180,8 +219,8 @@ def build_hf_checkpoint(folder: Path, tok_dir: Path, tokenizer, overrides: dict,
         torch.save(state, folder / "pytorch_model.bin")
     else:
         model.save_pretrained(str(folder))
-    for name in ("sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(tok_dir / name, folder / name)
+    for path in tok_dir.iterdir():
+        shutil.copy2(path, folder / path.name)
     return model
 
 
@@ -217,6 +256,40 @@ def get_converted(tmp_path_factory, name: str, **options) -> Path:
         tag = "-".join(f"{k}{v}" for k, v in sorted(options.items())).replace(" ", "").replace("'", "")
         out = _root(tmp_path_factory) / f"mlx-{name}-{tag or 'default'}"
         _CACHE[key] = convert_nllb(folder, out, **options)
+    return _CACHE[key]  # type: ignore[return-value]
+
+
+def get_m2m100_tokenizer(tmp_path_factory):
+    """(reference transformers M2M100Tokenizer, its hub-layout folder), built once."""
+    if "m2m100-tok" not in _CACHE:
+        spm_path, _, _ = get_tokenizers(tmp_path_factory)
+        _CACHE["m2m100-tok"] = build_m2m100_tokenizer(spm_path, _root(tmp_path_factory) / "tok")
+    return _CACHE["m2m100-tok"]
+
+
+def get_m2m100_checkpoint(tmp_path_factory, name: str = "d16"):
+    """(hf folder, torch model, reference M2M100Tokenizer): a tiny M2M100 with M2M100's tokenizer, built once."""
+    key = f"m2m100:{name}"
+    if key not in _CACHE:
+        ref, tok_dir = get_m2m100_tokenizer(tmp_path_factory)
+        folder = _root(tmp_path_factory) / f"hf-m2m100-{name}"
+        # The real layout: vocab.json, 100 language tokens, 8 made-up words.
+        vocab_size = ref.vocab_size + 100 + 8
+        model = build_hf_checkpoint(folder, tok_dir, ref, TINY_CONFIGS[name], sorted(TINY_CONFIGS).index(name) + 31,
+                                    vocab_size=vocab_size, langs=("en", "__ja__"))
+        _CACHE[key] = (folder, model, ref)
+    return _CACHE[key]
+
+
+def get_m2m100_converted(tmp_path_factory, name: str = "d16", **options) -> Path:
+    """Our converted folder of :func:`get_m2m100_checkpoint` with converter options, built once."""
+    key = f"mlx-m2m100:{name}:{sorted(options.items())}"
+    if key not in _CACHE:
+        from convert.nllb import convert_nllb
+
+        folder, _, _ = get_m2m100_checkpoint(tmp_path_factory, name)
+        tag = "-".join(f"{k}{v}" for k, v in sorted(options.items())).replace(" ", "").replace("'", "")
+        _CACHE[key] = convert_nllb(folder, _root(tmp_path_factory) / f"mlx-m2m100-{name}-{tag or 'default'}", **options)
     return _CACHE[key]  # type: ignore[return-value]
 
 

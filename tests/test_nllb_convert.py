@@ -138,3 +138,60 @@ def test_cli_arguments(tmp_path_factory, tmp_path):
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["mlx_stream_tts"]["restrict_vocab"] == ["jpn_Jpan", "eng_Latn"]
     assert nllb.run(args) == 1  # exists: refused, not crashed
+
+
+# ----------------------------------------------------------------------------------------- M2M100
+
+
+def test_m2m100_round_trip(tmp_path_factory):
+    from nllb_fixtures import get_m2m100_checkpoint, get_m2m100_converted
+
+    from mlx_stream_tts.nllb_tokenizer import M2M100Tokenizer, load_tokenizer
+
+    _, hf, ref = get_m2m100_checkpoint(tmp_path_factory)
+    out = get_m2m100_converted(tmp_path_factory)
+    assert {"vocab.json", "nllb_tokenizer.json", "sentencepiece.bpe.model"} <= {p.name for p in out.iterdir()}
+    tok = load_tokenizer(out)
+    assert isinstance(tok, M2M100Tokenizer) and len(tok) == hf.config.vocab_size
+    ref.src_lang = "de"
+    assert tok.encode("Hello world.", "__de__") == ref("Hello world.").input_ids
+    ours = mx.load(str(out / "model.safetensors"))
+    np.testing.assert_array_equal(np.array(ours["model.shared.weight"]), hf.model.shared.weight.detach().numpy())
+
+
+def test_m2m100_restricted_ids_use_vocab_json(tmp_path_factory):
+    """Kept rows are vocab.json's ids of the pieces of the script (not sentencepiece's ids)."""
+    from nllb_fixtures import get_m2m100_tokenizer
+
+    from convert.nllb import load_source_tokenizer
+
+    ref, folder = get_m2m100_tokenizer(tmp_path_factory)
+    tok, _ = load_source_tokenizer(folder)
+    ja = restricted_token_ids(tok, ["jpn_Jpan"])
+    assert restricted_token_ids(tok, ["__ja__"]) == ja
+    pieces = [ref.convert_ids_to_tokens(i).replace("\u2581", "") for i in ja if i != tok.eos_id]
+    assert any("テ" in p for p in pieces)
+    assert not any(c.isascii() and c.isalpha() for p in pieces for c in p)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    kana_kanji = {i for p, i in vocab.items() if (t := p.replace("\u2581", ""))
+                  and all("\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" for c in t)}
+    assert len(kana_kanji) >= 10 and kana_kanji <= set(ja)
+    assert not set(ja) & set(tok.lang_code_to_id.values()) and not set(ja) & set(tok.madeup_ids)
+
+
+def test_m2m100_bad_tokenizers(tmp_path_factory, tmp_path):
+    from nllb_fixtures import get_m2m100_checkpoint
+
+    folder, _, _ = get_m2m100_checkpoint(tmp_path_factory)
+    no_vocab = tmp_path / "novocab"
+    shutil.copytree(folder, no_vocab)
+    (no_vocab / "vocab.json").unlink()
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        convert_nllb(no_vocab, tmp_path / "a")
+    marian = tmp_path / "marian"
+    shutil.copytree(folder, marian)
+    config = json.loads((marian / "tokenizer_config.json").read_text())
+    (marian / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "MarianTokenizer"}))
+    with pytest.raises(ValueError, match="MarianTokenizer"):
+        convert_nllb(marian, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -9,6 +9,7 @@ from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_conver
 
 import numpy as np
 
+from mlx_stream_tts.nllb_tokenizer import LANGUAGE_CODES
 from mlx_stream_tts.translate import Translator, _cut_repetition, _repeating_tail, default_model_dir, resolve_lang
 
 
@@ -321,3 +322,86 @@ def test_resolve_lang_and_default_dir(monkeypatch, tmp_path):
         resolve_lang("")
     monkeypatch.setenv("MLX_STREAM_TTS_CACHE", str(tmp_path))
     assert default_model_dir() == tmp_path / "nllb-200-distilled-600M"
+
+
+# ----------------------------------------------------------------------------------------- M2M100
+
+
+def _m2m100_generate(hf, ref, texts, max_new, beams, **kwargs):
+    """transformers' output ids for English -> Japanese with M2M100's tokenizer, cut at </s>."""
+    import torch
+
+    ref.src_lang = "en"
+    enc = ref(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = hf.generate(**enc, forced_bos_token_id=ref.get_lang_id("ja"), max_new_tokens=max_new + 1,
+                          do_sample=False, num_beams=beams, **kwargs).tolist()
+    return [row[2:][: row[2:].index(2)] if 2 in row[2:] else row[2:] for row in out]
+
+
+@pytest.fixture(scope="module")
+def m2m100(tmp_path_factory):
+    from nllb_fixtures import get_m2m100_checkpoint, get_m2m100_converted
+
+    _, hf, ref = get_m2m100_checkpoint(tmp_path_factory)
+    return Translator.load(get_m2m100_converted(tmp_path_factory)), hf, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beams", [1, 3])
+def test_m2m100_tokens_identical_to_generate(m2m100, beams):
+    tr, hf, ref = m2m100
+    sources = [tr.tokenizer.encode(t, tr._resolve("en")) for t in SAMPLE_TEXTS]
+    expected = _m2m100_generate(hf, ref, SAMPLE_TEXTS, 12, beams)
+    assert tr.generate(sources, ref.get_lang_id("ja"), beam_size=beams, max_new_tokens=12, guard=False) == expected
+    assert any(len(row) < 12 for row in expected) and any(len(row) == 12 for row in expected)
+
+
+def test_m2m100_translate_text(m2m100):
+    tr, _, ref = m2m100
+    texts = SAMPLE_TEXTS[:4]
+    out = tr.translate(texts, "en", "ja", max_new_tokens=8)
+    ref.src_lang = "en"
+    ids = tr.generate([ref(t).input_ids for t in texts], ref.get_lang_id("ja"), max_new_tokens=8)
+    assert out == [ref.decode(row, skip_special_tokens=True) for row in ids]
+    assert tr.translate(texts, "eng_Latn", "jpn_Jpan", max_new_tokens=8) == out
+    assert tr.translate(texts, "__en__", "__ja__", max_new_tokens=8) == out
+    assert "".join(tr.translate_stream(texts[0], "en", "ja", max_new_tokens=8)) == out[0]
+
+
+def test_m2m100_language_codes(m2m100):
+    tr, _, _ = m2m100
+    for code in ("ja", "jpn_Jpan", "__ja__", "JA", "jpn"):
+        assert tr._resolve(code) == "__ja__"
+    assert tr._resolve("br") == "__br__"  # M2M100 only (Breton): accepted before the model is known too
+    assert resolve_lang("br") == "__br__" and resolve_lang("__ja__") == "jpn_Jpan"
+    with pytest.raises(ValueError, match="close matches: __ja__"):
+        tr.translate(["hi"], "en", "jpn_Japn")
+    with pytest.raises(ValueError, match="__zh__"):
+        tr.translate(["hi"], "en", "zh-TW")  # M2M100 has one Chinese, not Traditional Chinese
+    with pytest.raises(ValueError, match="unknown language code '__br__'"):
+        resolve_lang("__br__", LANGUAGE_CODES)  # NLLB-200 has no Breton
+
+
+@pytest.mark.slow
+def test_m2m100_restricted_vocab_equals_generate_with_suppressed_tokens(tmp_path_factory, m2m100):
+    from nllb_fixtures import get_m2m100_converted
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    _, hf, ref = m2m100
+    tr = Translator.load(get_m2m100_converted(tmp_path_factory, restrict_vocab=["__ja__"]))
+    kept = set(np.array(tr.model.output_token_ids).tolist())
+    suppressed = [i for i in range(hf.config.vocab_size) if i not in kept]
+
+    class SuppressAfterLanguageCode(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[-1] >= 2:
+                scores[:, suppressed] = -float("inf")
+            return scores
+
+    expected = _m2m100_generate(hf, ref, SAMPLE_TEXTS, 12, 1,
+                                logits_processor=LogitsProcessorList([SuppressAfterLanguageCode()]))
+    sources = [tr.tokenizer.encode(t, "__en__") for t in SAMPLE_TEXTS]
+    ours = tr.generate(sources, ref.get_lang_id("ja"), max_new_tokens=12, guard=False)
+    assert ours == expected
+    assert all(t in kept for row in ours for t in row) and any(row for row in ours)
