@@ -130,7 +130,7 @@ def run(voice: Voice, sentences: list[str], methods: list[tuple[str, str, Window
             joins = np.cumsum([len(c) for c in chunks])[:-1]
             seams = seam_scores(audio, joins) if len(joins) else []
             rows.append(dict(
-                corr=aligned_logmel_correlation(refs[text], audio),
+                corr=aligned_logmel_correlation(refs[text], audio), text=text,
                 dur=duration_ratio(refs[text], audio),
                 jump=max((s.jump for s in seams), default=0.0),
                 flux=max((s.flux for s in seams), default=0.0),
@@ -148,24 +148,23 @@ def run(voice: Voice, sentences: list[str], methods: list[tuple[str, str, Window
             "total_over_oneshot": float(np.sum([r["total"] for r in rows]) / np.sum([r["ref"] for r in rows])),
             "rtf": float(np.sum([r["total"] for r in rows]) / np.sum([r["seconds"] for r in rows])),
             "chunks": float(np.mean([r["chunks"] for r in rows])),
+            "worst": min(rows, key=lambda r: r["corr"])["text"],
         }
     voice.plan = default_plan
     return results
 
 
 def default_methods() -> list[tuple[str, str, WindowPlan | None]]:
-    """One-shot, clause by clause, and windowed variants (``f``/``c``: first core and context in
-    frames; ``rt``: each later window as long as real time allows and at least twice the previous
-    one, the voice's schedule; ``x2``: each window exactly twice the previous one; ``xf20``: 20 ms
-    crossfades instead of 10)."""
+    """One-shot, clause by clause, and windowed variants: the default plan (``split`` + ``pooled``,
+    first cut in [16, 24], context 16 after it and 20 later), the previous default (every window
+    decoded on its own, context 16), the split without pooled statistics, and an earlier first cut."""
     return [
         ("oneshot", "oneshot", None),
         ("clause", "clause", None),
-        ("windowed f16 c16 rt", "windowed", WindowPlan(first=16, context=16)),
-        ("windowed f24 c20 rt", "windowed", WindowPlan(first=24, context=20)),
-        ("windowed f24 c20 rt xf20", "windowed", WindowPlan(first=24, context=20, crossfade=480)),
-        ("windowed f40 c20 rt", "windowed", WindowPlan(first=40, context=20)),
-        ("windowed f24 c12 x2", "windowed", WindowPlan(first=24, context=12, margin=0, max_growth=2.0)),
+        ("windowed default", "windowed", WindowPlan()),
+        ("windowed per-window c16", "windowed", WindowPlan(context=16, split=False)),
+        ("windowed split c20", "windowed", WindowPlan(pooled=False)),
+        ("windowed default f20", "windowed", WindowPlan(first=20)),
     ]
 
 
@@ -182,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["corr_mean", "corr_min", "dur_ratio", "jump_max", "flux_max", "first_s", "first_over_oneshot",
             "total_over_oneshot", "rtf", "chunks"]
     print(f"engine={args.engine} voice={args.voice} sentences={args.sentences} modes={MODES}")
-    print(f"{'method':22s} " + " ".join(f"{c[:10]:>10s}" for c in cols))
+    print(f"{'method':24s} " + " ".join(f"{c[:10]:>10s}" for c in cols))
     for name, r in results.items():
-        print(f"{name:22s} " + " ".join(f"{r[c]:10.3f}" for c in cols))
+        print(f"{name:24s} " + " ".join(f"{r[c]:10.3f}" for c in cols) + f"  worst: {r['worst']}")
     return 0
 
 

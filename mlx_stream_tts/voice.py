@@ -7,18 +7,18 @@ synthesis exactly; the methods on offer (``mode``):
 - ``"windowed"`` (default): durations, F0 and energy are predicted once for the whole sentence (the
   cheap part, identical to one-shot), then the decoder runs over windows of frames with context
   frames on each side, cut where the predicted energy is lowest and joined with a short
-  crossfade. The first window is short so the first chunk comes early; each later one is as long
-  as real time allows (fewer windows, closer to one-shot).
+  crossfade. The first window is short and decoded on its own, so the first chunk comes early;
+  for the later ones the frame-rate layers and the harmonic source run once over the whole
+  sentence and the generator's instance norms use statistics pooled over all the windows so far
+  (closer to one-shot's); each later window is as long as real time allows.
 - ``"clause"``: each clause (split at the punctuation that the G2P keeps: 、，, and sentence ends) is
   synthesized as its own utterance; the prosody is then the clause's, not the sentence's.
 - ``"oneshot"``: the whole sentence in one call, one chunk.
 
 ``bench/tts_streaming.py`` measures them against one-shot synthesis (log-mel correlation after DTW,
-duration, seams, time to first chunk); the default is the fastest one whose joined audio keeps a
-correlation >= 0.97. Measured on 2 CPU cores: windowed 0.976-0.978 (mean), first chunk after ~0.3
-of the one-shot time, no clicks; clause 0.975 but 12% longer and a later first chunk. The loss
-grows with the number of windows and comes from the vocoder's norms: decoding the frame-rate
-layers over the whole sentence and only the vocoder in windows gained nothing.
+duration, seams, time to first chunk). Windowed on 2 CPU cores, 14 sentences: mean 0.983, worst
+0.97, no clicks (every window on its own with its own statistics: 0.977, worst 0.953); clause
+0.975 but 12% longer and a later first chunk.
 """
 
 from __future__ import annotations
@@ -116,6 +116,45 @@ class MlxEngine:
                                   mx.array(style.astype(np.float32)))
         return np.array(audio.astype(mx.float32)).reshape(-1)
 
+    def window_decoder(self, pros: Prosody, style: np.ndarray, pooled: bool = True
+                       ) -> Callable[[int, int, int, int], np.ndarray]:
+        """Decoding of a sentence window by window: ``(lo, hi, a, b) -> audio of frames [lo, hi)``.
+
+        ``[a, b)`` is the window's core. A window starting at frame 0 is decoded on its own, like
+        one-shot synthesis of its frames (the first chunk waits for nothing else). For the later
+        ones the frame-rate layers and the harmonic source run once over the whole sentence, as in
+        one-shot synthesis (~5% of the work), and only the generator runs over the window's rows.
+        With ``pooled`` the generator's instance norms in each window use the statistics of the
+        earlier cores and the window together (see ``istftnet.NormStats``): closer to one-shot's.
+        """
+        from .models.istftnet import NormStats
+
+        mx, model = self._mx, self.model
+        dec = model.decoder
+        dtype = model.bert_encoder.weight.dtype
+        s = mx.array(style.astype(np.float32)).reshape(1, -1)[:, : model.args.style_dim].astype(dtype)
+        state: dict = {"prior": None, "x": None, "har": None}
+
+        def decode(lo: int, hi: int, a: int, b: int) -> np.ndarray:
+            if lo == 0:
+                f0 = mx.array(pros.f0[None, : 2 * hi])
+                x = dec.features(mx.array(pros.asr[None, :hi]).astype(dtype), f0, mx.array(pros.n[None, : 2 * hi]), s)
+                har = dec.generator.source(f0)
+            else:
+                if state["x"] is None:
+                    f0 = mx.array(pros.f0[None])
+                    state["x"] = dec.features(mx.array(pros.asr[None]).astype(dtype), f0, mx.array(pros.n[None]), s)
+                    state["har"] = dec.generator.source(f0)
+                rows = state["har"].shape[1] // pros.frames  # 120 source frames per frame, one more at the end
+                x, har = state["x"][:, 2 * lo: 2 * hi], state["har"][:, rows * lo: rows * hi + 1]
+            norm = NormStats(a - lo, b - lo, hi - lo, state["prior"] if pooled else None)
+            audio = dec.generator.synthesize(x, s, har, norm)
+            mx.eval(audio, [t[1:] for t in norm.totals])
+            state["prior"] = norm
+            return np.array(audio[0].astype(mx.float32)).reshape(-1)
+
+        return decode
+
 
 @dataclass(frozen=True)
 class WindowPlan:
@@ -127,24 +166,33 @@ class WindowPlan:
     not yet played; and it is at least ``min_growth`` times the previous one.
 
     Attributes:
-        first: frames in the first window's core (sets the time to first chunk).
-        context: frames decoded on each side of a core and thrown away.
+        first: the first window's core ends at most here, at the lowest energy within ``snap``
+            frames before (sets the time to the first chunk).
+        first_context: frames decoded after the first window's core and thrown away.
+        context: frames decoded on each side of a later core and thrown away.
         snap: a cut may move this many frames to reach the lowest predicted energy.
         crossfade: samples over which two windows are crossfaded at a cut.
         margin: share of the buffered audio that the next window's decoding may take.
         min_growth: a window's core is at least this many times the previous one.
         max_growth: a window's core is at most this many times the previous one (0: no limit).
+        split: later windows run only the generator, on frame-rate features and a harmonic source
+            computed once for the whole sentence (engines with ``window_decoder``).
+        pooled: with ``split``, each window's generator norms use the statistics of the earlier
+            cores and the window together.
     """
 
-    # 16 + 16 (was 24 + 20): first chunk after 32 instead of 44 decoded frames; bench/tts_streaming.py
-    # on 14 sentences: mean log-mel corr 0.977 (24 + 20: 0.980), no clicks; 16 + 12 clicked (flux 9.9).
-    first: int = 16
-    context: int = 16
+    # bench/tts_streaming.py, 14 sentences, log-mel corr mean / min: 16 + 16 per window 0.977 / 0.953;
+    # split + pooled, first cut in [16, 24], context 16 after it and 20 later: 0.983 / 0.971.
+    first: int = 24
+    first_context: int = 16
+    context: int = 20
     snap: int = 8
     crossfade: int = 240
     margin: float = 0.7
     min_growth: float = 2.0
     max_growth: float = 0.0
+    split: bool = True
+    pooled: bool = True
 
 
 class Voice:
@@ -311,6 +359,11 @@ class Voice:
         plan, spf, clock = self.plan, self.engine.samples_per_frame, self.clock
         pros = self.engine.predict(ids, style, speed)
         frames, energy = pros.frames, _frame_energy(pros.n, pros.frames)
+        if plan.split and hasattr(self.engine, "window_decoder"):
+            decode = self.engine.window_decoder(pros, style, pooled=plan.pooled)
+        else:
+            def decode(lo: int, hi: int, a: int, b: int) -> np.ndarray:
+                return self.engine.decode(pros.asr[lo:hi], pros.f0[2 * lo: 2 * hi], pros.n[2 * lo: 2 * hi], style)
         half = plan.crossfade // 2
         ramp = np.sin(0.5 * np.pi * (np.arange(plan.crossfade) + 0.5) / plan.crossfade) ** 2
         held: np.ndarray | None = None  # the previous window's audio over the coming crossfade
@@ -325,9 +378,9 @@ class Voice:
                 core = int(min(max(budget, plan.min_growth * core), limit))
             b = next_cut(energy, a, a + core, frames, plan)
             core = b - a
-            lo, hi = max(0, a - plan.context), min(frames, b + plan.context)
+            lo, hi = max(0, a - plan.context), min(frames, b + (plan.first_context if k == 0 else plan.context))
             started = clock()
-            audio = self.engine.decode(pros.asr[lo:hi], pros.f0[2 * lo: 2 * hi], pros.n[2 * lo: 2 * hi], style)
+            audio = decode(lo, hi, a, b)
             elapsed = clock() - started
             per_frame = elapsed / (hi - lo)
             start = (a - lo) * spf - (half if k > 0 else 0)
@@ -358,14 +411,19 @@ def _frame_energy(n: np.ndarray, frames: int) -> np.ndarray:
 def next_cut(energy: np.ndarray, start: int, target: int, frames: int, plan: WindowPlan) -> int:
     """Where the window starting at ``start`` ends: near ``target``, at the lowest predicted energy.
 
-    Returns ``frames`` when what would remain is shorter than half a first window. Cuts fall within
-    ``plan.snap`` frames of the target and keep ``plan.context`` frames from both ends, so that
-    joins tend to land in pauses and closures.
+    Returns ``frames`` when what would remain is shorter than two contexts (its window would
+    decode little more than its contexts; one window is then one-shot exact). Cuts fall within
+    ``plan.snap`` frames of the target (the first one never after it: it sets the time to the first
+    chunk) and keep ``plan.context`` frames from both ends, so that joins tend to land in pauses
+    and closures.
     """
-    if frames - target < max(plan.first // 2, plan.context):
+    if frames - target < max(plan.first // 2, 2 * plan.context):
         return frames
-    lo = max(start + plan.context, target - plan.snap)
-    hi = min(frames - plan.context, target + plan.snap)
+    if start == 0:
+        lo, hi = max(1, target - plan.snap), min(frames - plan.context, target)
+    else:
+        lo = max(start + plan.context, target - plan.snap)
+        hi = min(frames - plan.context, target + plan.snap)
     if hi < lo:
         return max(start + 1, min(target, frames))
     return lo + int(np.argmin(energy[lo: hi + 1]))

@@ -145,3 +145,36 @@ def test_adain_matches_torch():
     gamma, beta = torch.tensor(h[:, :6, None]), torch.tensor(h[:, 6:, None])
     ref = ((1 + gamma) * F.instance_norm(torch.tensor(x), eps=1e-5) + beta).numpy()
     np.testing.assert_allclose(_ncl(layer(_nlc(x), mx.array(s))), ref, atol=1e-4)
+
+
+def test_fast_transcendentals_match_numpy():
+    x = np.linspace(-40.0, 40.0, 200_001).astype(np.float32)
+    xm = mx.array(x)
+    np.testing.assert_allclose(np.array(istftnet.tanh(xm)), np.tanh(x.astype(np.float64)), atol=3e-7)
+    # The error grows with |t| through float32 range reduction (t - k pi, k <= 13 here): under one ulp of 40.
+    np.testing.assert_allclose(np.array(istftnet.fast_sin(xm)), np.sin(x.astype(np.float64)), atol=4e-6)
+    np.testing.assert_allclose(np.array(istftnet.fast_cos(xm)), np.cos(x.astype(np.float64)), atol=4e-6)
+    phase = mx.array(np.linspace(0, 1, 10_001, endpoint=False).astype(np.float32))  # SineGen's use
+    np.testing.assert_allclose(np.array(istftnet.fast_sin(2 * np.pi * phase)),
+                               np.sin(2 * np.pi * np.array(phase).astype(np.float64)), atol=5e-7)
+    small = mx.array(np.linspace(-8, 8, 10_001).astype(np.float32))
+    ref = F.gelu(torch.tensor(np.array(small)), approximate="tanh").numpy()
+    np.testing.assert_allclose(np.array(istftnet.gelu_approx(small)), ref, atol=1e-6)
+
+
+def test_norm_stats_pool_earlier_cores_with_the_window():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 40, 3)).astype(np.float32) * np.array([1.0, 2.0, 5.0], np.float32) + 1.5
+    # Window 1: frames [0, 14), core [0, 10); window 2: frames [6, 40), core [10, 40). One row per frame.
+    first = istftnet.NormStats(0, 10, 14)
+    mean, var = first(mx.array(x[:, :14]))
+    np.testing.assert_allclose(np.array(mean)[0, 0], x[0, :14].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.array(var)[0, 0], x[0, :14].var(0), rtol=1e-5)
+    second = istftnet.NormStats(4, 34, 34, prior=first)
+    mean, var = second(mx.array(x[:, 6:40]))
+    pooled = np.concatenate([x[0, :10], x[0, 6:40]])
+    np.testing.assert_allclose(np.array(mean)[0, 0], pooled.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.array(var)[0, 0], pooled.var(0), rtol=1e-4)
+    count, total, _ = second.totals[0]
+    assert count == 40
+    np.testing.assert_allclose(np.array(total)[0, 0], x[0].sum(0), rtol=1e-5)

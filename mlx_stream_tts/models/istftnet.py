@@ -48,6 +48,63 @@ def sin_squared(t: mx.array) -> mx.array:
     return s * s
 
 
+def _sin_reduced(t: mx.array) -> tuple[mx.array, mx.array]:
+    """``sin(r)`` for ``r = t - k pi`` in [-pi/2, pi/2], and ``k``."""
+    k = mx.round(t * (1 / math.pi))
+    r = t - k * math.pi
+    z = r * r
+    p = _SIN_COEFFS[-1]
+    for c in _SIN_COEFFS[-2::-1]:
+        p = p * z + c
+    return r * p, k
+
+
+@partial(mx.compile, shapeless=True)
+def fast_sin(t: mx.array) -> mx.array:
+    """``sin(t)`` by range reduction and a polynomial (MLX's CPU ``sin`` is scalar, ~15 ns per element)."""
+    s, k = _sin_reduced(t)
+    return s * (1 - 2 * (k - 2 * mx.floor(0.5 * k)))  # sin(r + k pi) = (-1)^k sin(r)
+
+
+@partial(mx.compile, shapeless=True)
+def fast_cos(t: mx.array) -> mx.array:
+    return fast_sin(t + 0.5 * math.pi)
+
+
+# Taylor coefficients of tanh(y) / y up to y^10; used for |y| <= 9 / 16.
+_TANH_COEFFS = (1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925)
+
+
+def tanh(x: mx.array) -> mx.array:
+    """``tanh(x)`` within 2e-7: a polynomial at x / 16, then four steps of tanh(2y) = 2 tanh(y) / (1 + tanh(y)^2).
+
+    MLX's CPU ``tanh``, ``exp`` and ``sigmoid`` are scalar (~13 ns per element); this is vectorised
+    and fuses under ``mx.compile`` (ALBERT's GELU, the LSTM gates, the harmonic source).
+    """
+    y = mx.clip(x, -9.0, 9.0) * (1 / 16)  # tanh(9) is 1 in float32
+    z = y * y
+    p = _TANH_COEFFS[-1]
+    for c in _TANH_COEFFS[-2::-1]:
+        p = p * z + c
+    t = y * p
+    for _ in range(4):
+        t = 2 * t / (1 + t * t)
+    return t
+
+
+def sigmoid(x: mx.array) -> mx.array:
+    return 0.5 + 0.5 * tanh(0.5 * x)
+
+
+_compiled_tanh = mx.compile(tanh, shapeless=True)
+
+
+@partial(mx.compile, shapeless=True)
+def gelu_approx(x: mx.array) -> mx.array:
+    """GELU, tanh approximation (``nn.gelu_approx``, transformers' ``gelu_new``), with :func:`tanh`."""
+    return 0.5 * x * (1 + tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
 def snake(x: mx.array, alpha: mx.array) -> mx.array:
     # Snake1D: x + sin^2(alpha x) / alpha (alpha: (C,) here, (1, C, 1) in the reference).
     return x + sin_squared(alpha * x) / alpha
@@ -77,7 +134,7 @@ def _affine_leaky(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
 
 
 #: im2col size (length x kernel x channels) from which a stride-1 conv runs as accumulated GEMMs.
-ADDMM_MIN_ELEMENTS = 1 << 22
+ADDMM_MIN_ELEMENTS = 1 << 19
 
 
 class Conv1d(nn.Conv1d):
@@ -181,17 +238,53 @@ class InstanceNorm(nn.Module):
         return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
 
 
+class NormStats:
+    """Instance-norm statistics for decoding a sentence window by window.
+
+    Called once per AdaIN layer of the generator, in order, with that layer's input for the window
+    ``(1, L, C)``; frames ``[lo, hi)`` of the window's ``frames`` are its core (the rest is
+    context). With ``prior`` (the stats of the window before), each layer normalises with the mean
+    and variance over the earlier windows' cores and this whole window together, instead of this
+    window alone: later windows see statistics closer to the whole sentence's (one-shot's).
+    """
+
+    def __init__(self, lo: int, hi: int, frames: int, prior: NormStats | None = None):
+        self.lo, self.hi, self.frames = lo, hi, frames
+        self.prior = prior.totals if prior is not None else None
+        #: Per layer: (rows, sum, sum of squares) over the cores so far, this window's included.
+        self.totals: list[tuple[int, mx.array, mx.array]] = []
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        rows = x.shape[1]
+        per = rows // self.frames  # rows per frame at this layer's rate
+        core = x[:, self.lo * per: self.hi * per]
+        c_sum, c_sq = core.sum(axis=1, keepdims=True), (core * core).sum(axis=1, keepdims=True)
+        n0, s0, q0 = self.prior[len(self.totals)] if self.prior else (0, 0.0, 0.0)
+        self.totals.append((n0 + core.shape[1], s0 + c_sum, q0 + c_sq))
+        if not self.prior:
+            return mx.mean(x, axis=1, keepdims=True), mx.var(x, axis=1, keepdims=True)
+        n = n0 + rows
+        mean = (s0 + x.sum(axis=1, keepdims=True)) / n
+        return mean, mx.maximum((q0 + (x * x).sum(axis=1, keepdims=True)) / n - mean * mean, 0.0)
+
+
 class AdaIN1d(nn.Module):
     def __init__(self, style_dim: int, channels: int):
         super().__init__()
         self.norm = InstanceNorm(channels)
         self.fc = nn.Linear(style_dim, 2 * channels)
 
-    def scale_shift(self, x: mx.array, s: mx.array) -> tuple[mx.array, mx.array]:
-        """Per-channel ``(scale, shift)`` with ``AdaIN(x) = x * scale + shift``, each ``(B, 1, C)``."""
+    def scale_shift(self, x: mx.array, s: mx.array, norm: NormStats | None = None) -> tuple[mx.array, mx.array]:
+        """Per-channel ``(scale, shift)`` with ``AdaIN(x) = x * scale + shift``, each ``(B, 1, C)``.
+
+        ``norm`` replaces the statistics over ``x``'s own time axis (see :class:`NormStats`).
+        """
         gamma, beta = mx.split(self.fc(s)[:, None, :], 2, axis=-1)
-        mean = mx.mean(x, axis=1, keepdims=True)
-        inv = mx.rsqrt(mx.var(x, axis=1, keepdims=True) + self.norm.eps) * self.norm.weight
+        if norm is None:
+            mean, var = mx.mean(x, axis=1, keepdims=True), mx.var(x, axis=1, keepdims=True)
+        else:
+            mean, var = norm(x)
+        inv = mx.rsqrt(var + self.norm.eps) * self.norm.weight
         scale = inv * (1 + gamma)
         return scale, (self.norm.bias - mean * inv) * (1 + gamma) + beta
 
@@ -252,10 +345,10 @@ class AdaINResBlock1(nn.Module):
         self.alpha1 = [mx.ones((channels,)) for _ in dilation]
         self.alpha2 = [mx.ones((channels,)) for _ in dilation]
 
-    def __call__(self, x: mx.array, s: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, s: mx.array, norm: NormStats | None = None) -> mx.array:
         for c1, c2, n1, n2, a1, a2 in zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2):
-            xt = c1(_scaled_snake(x, *n1.scale_shift(x, s), a1), 1 / a1)
-            xt = c2(_scaled_snake(xt, *n2.scale_shift(xt, s), a2), 1 / a2)
+            xt = c1(_scaled_snake(x, *n1.scale_shift(x, s, norm), a1), 1 / a1)
+            xt = c2(_scaled_snake(xt, *n2.scale_shift(xt, s, norm), a2), 1 / a2)
             x = x + xt
         return x
 
@@ -329,7 +422,7 @@ class SineGen(nn.Module):
         phase = cycles[:, idx0] + mx.array(w)[None, :, None] * step[:, idx1]
         phase = phase - mx.floor(phase)
         uv = (mx.repeat(f0, scale, axis=1) > self.voiced_threshold).astype(mx.float32)[..., None]
-        return mx.sin(2 * math.pi * phase) * self.sine_amp * uv
+        return fast_sin(2 * math.pi * phase) * self.sine_amp * uv
 
 
 class SourceModuleHnNSF(nn.Module):
@@ -341,7 +434,7 @@ class SourceModuleHnNSF(nn.Module):
     def __call__(self, f0: mx.array) -> mx.array:
         """f0: ``(B, N)`` -> excitation ``(B, N * upsample_scale)``."""
         sines = self.l_sin_gen(f0)
-        return mx.tanh(self.l_linear(sines.astype(self.l_linear.weight.dtype)))[..., 0].astype(mx.float32)
+        return _compiled_tanh(self.l_linear(sines.astype(self.l_linear.weight.dtype)))[..., 0].astype(mx.float32)
 
 
 class STFT:
@@ -402,7 +495,7 @@ class STFT:
 
     def inverse(self, magnitude: mx.array, phase: mx.array) -> mx.array:
         """Magnitude and phase ``(B, frames, bins)`` -> signal ``(B, hop * (frames - 1))``."""
-        spec = mx.concatenate([magnitude * mx.cos(phase), magnitude * mx.sin(phase)], axis=-1)
+        spec = mx.concatenate([magnitude * fast_cos(phase), magnitude * fast_sin(phase)], axis=-1)
         frames = spec.astype(mx.float32) @ self._inverse  # (B, F, n_fft)
         b, n, _ = frames.shape
         k = self.overlap
@@ -455,14 +548,26 @@ class Generator(nn.Module):
         self.conv_post = Conv1d(c_out, gen_istft_n_fft + 2, 7, padding=3)
         self.stft = STFT(gen_istft_n_fft, gen_istft_hop_size)
 
+    def source(self, f0: mx.array) -> mx.array:
+        """f0 ``(B, N)`` -> the harmonic source's STFT, magnitude then phase ``(B, N * scale / hop + 1, n_fft + 2)``."""
+        mag, phase = self.stft.transform(self.m_source(f0))
+        return mx.concatenate([mag, phase], axis=-1)
+
     def __call__(self, x: mx.array, s: mx.array, f0: mx.array) -> mx.array:
         """x ``(B, L, C)``, style ``(B, S)``, f0 ``(B, N)`` -> audio ``(B, N * upsample_scale)``."""
-        har_source = self.m_source(f0)  # (B, T)
-        mag, phase = self.stft.transform(har_source)
-        har = mx.concatenate([mag, phase], axis=-1).astype(x.dtype)  # (B, frames, n_fft + 2)
+        return self.synthesize(x, s, self.source(f0))
+
+    def synthesize(self, x: mx.array, s: mx.array, har: mx.array, norm: NormStats | None = None) -> mx.array:
+        """Audio from features ``x`` ``(B, L, C)`` and the source's STFT ``har`` (from :meth:`source`).
+
+        A window of a sentence may pass the matching rows of the sentence's ``x`` and ``har``
+        (frames ``[lo, hi)``: rows ``[2 lo, 2 hi)`` and ``[120 lo, 120 hi + 1)``) so that its
+        harmonic source keeps the sentence's phase; ``norm`` sets the instance-norm statistics.
+        """
+        har = har.astype(x.dtype)
         for i in range(self.num_upsamples):
             x = leaky_relu(x, 0.1)
-            x_source = self.noise_res[i](self.noise_convs[i](har), s)
+            x_source = self.noise_res[i](self.noise_convs[i](har), s, norm)
             mx.eval(x_source)
             x = self.ups[i](x)
             if i == self.num_upsamples - 1:
@@ -470,7 +575,7 @@ class Generator(nn.Module):
             x = x + x_source
             xs = None
             for j in range(self.num_kernels):
-                y = self.resblocks[i * self.num_kernels + j](x, s)
+                y = self.resblocks[i * self.num_kernels + j](x, s, norm)
                 xs = y if xs is None else xs + y
                 # Evaluated block by block: as one graph the parallel branches keep all their
                 # full-rate buffers alive (620 vs 520 MB for 5 s of audio) and run ~10% slower.
@@ -479,7 +584,7 @@ class Generator(nn.Module):
         x = self.conv_post(leaky_relu(x, 0.01)).astype(mx.float32)
         bins = self.post_n_fft // 2 + 1
         spec = mx.exp(x[..., :bins])
-        phase = mx.sin(x[..., bins:])
+        phase = fast_sin(x[..., bins:])
         return self.stft.inverse(spec, phase)
 
 
@@ -508,6 +613,10 @@ class Decoder(nn.Module):
 
     def __call__(self, asr: mx.array, f0_curve: mx.array, n: mx.array, s: mx.array) -> mx.array:
         """asr ``(B, L, dim_in)``, f0 and n ``(B, 2L)``, style ``(B, style_dim)`` -> audio ``(B, samples)``."""
+        return self.generator(self.features(asr, f0_curve, n, s), s, f0_curve)
+
+    def features(self, asr: mx.array, f0_curve: mx.array, n: mx.array, s: mx.array) -> mx.array:
+        """The frame-rate part: the generator's input ``(B, 2L, upsample_initial_channel)``."""
         dtype = asr.dtype
         f0 = self.F0_conv(f0_curve[..., None].astype(dtype))
         n = self.N_conv(n[..., None].astype(dtype))
@@ -520,4 +629,4 @@ class Decoder(nn.Module):
                 x = mx.concatenate([x, asr_res, f0, n], axis=-1)
             x = block(x, s)
             res = res and not block.upsample
-        return self.generator(x, s, f0_curve)
+        return x

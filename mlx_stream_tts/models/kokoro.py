@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .istftnet import AdainResBlk1d, Conv1d, Decoder, leaky_relu
+from .istftnet import AdainResBlk1d, Conv1d, Decoder, gelu_approx, leaky_relu
 
 FORMAT_VERSION = 1
 RECONVERT_HINT = "re-run `mlx-stream-tts convert kokoro --out {path} --overwrite`"
@@ -203,7 +203,7 @@ class AlbertLayer(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
         x = self.attention(x, mask)
-        return self.full_layer_layer_norm(x + self.ffn_output(nn.gelu_approx(self.ffn(x))))
+        return self.full_layer_layer_norm(x + self.ffn_output(gelu_approx(self.ffn(x))))
 
 
 class AlbertLayerGroup(nn.Module):
