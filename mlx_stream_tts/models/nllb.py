@@ -130,8 +130,9 @@ def linear(x: mx.array, weight: mx.array, bias: mx.array | None = None, split: b
     if not _CHUNKING or rows > _MAX_CHUNKED_ROWS or rows * n * k <= _SMALL_PRODUCT or mx.default_device() != mx.cpu:
         return x @ weight.T if bias is None else mx.addmm(bias, x, weight.T)
     x2 = x.reshape(rows, k)
-    if rows == 1 and _blas.gemv_shim is not None:
-        # The shim turns this sgemm into OpenBLAS's sgemv: in place, no chunks needed. Its sgemv is
+    if rows == 1 and _blas.gemv_shim is not None and weight.dtype == mx.float32 and x.dtype == mx.float32:
+        # The shim turns this sgemm into OpenBLAS's sgemv: in place, no chunks needed (only float32
+        # reaches BLAS; MLX's own half-precision kernels keep the chunks, which suit them). Its sgemv is
         # threaded, so a second stream only helps when OpenBLAS runs one thread (measured).
         product = lambda w: x2 @ w.T  # noqa: E731
         half = n // 2
