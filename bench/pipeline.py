@@ -68,9 +68,10 @@ class RandomWeightTranslator:
     """Runs the real NLLB compute but hands the voice the known Japanese of each sentence.
 
     A random-weight model's output is meaningless (and trips the repetition guard), so timing its text
-    through the voice would time noise. Here each sentence costs exactly what a real translation of
-    its length costs (encoder + greedy steps through the converted model, output capped at ~1.3x the
-    source tokens, about what a Japanese translation takes), and the voice speaks real Japanese.
+    through the voice would time noise. Here each sentence costs what a real translation of its length
+    costs (encoder + greedy steps through the converted model on a source as long as NLLB's tokenizer
+    would make it, output capped at ~1.3x the source tokens, about what a Japanese translation takes),
+    and the voice speaks real Japanese.
     """
 
     def __init__(self, translator, reference: dict[str, str]):
@@ -78,7 +79,14 @@ class RandomWeightTranslator:
 
     def translate(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
         tok = self.translator.tokenizer
-        sources = [tok.encode(t, src_lang) for t in texts]
+        sources = []
+        for text in texts:
+            # The bench model's tiny tokenizer (300 pieces) splits English into ~2.5x more tokens than
+            # NLLB's 256k-piece one; give the source the length NLLB would (~1.3 tokens per word, an
+            # estimate) so that encoder and decoder cost what they would on the real model.
+            pieces = tok.encode_pieces(text) or [tok.unk_id]
+            n = max(1, round(1.3 * len(text.split())))
+            sources.append([tok.lang_id(src_lang), *(pieces * n)[:n], tok.eos_id])
         limits = [max(4, round(1.3 * len(s))) for s in sources]
         self.translator.generate(sources, tok.lang_id(tgt_lang), max_new_tokens=limits, guard=False)
         return [self.reference.get(t.strip(), "") for t in texts]
@@ -96,20 +104,27 @@ class PacedSink(NullSink):
         super().__init__()
         self.buffer = buffer
         self.play_end = 0.0
+        self.log: list[tuple[float, float]] = []  # (when a write returned, when its audio ends playing)
 
     def write(self, audio) -> None:
         wait = self.play_end - self.buffer - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
         super().write(audio)
-        self.play_end = max(time.perf_counter(), self.play_end) + len(audio) / (self.sample_rate or 24_000)
+        now = time.perf_counter()
+        self.play_end = max(now, self.play_end) + len(audio) / (self.sample_rate or 24_000)
+        self.log.append((now, self.play_end))
+
+    def playing_until(self, t: float) -> float:
+        """When the audio written up to time ``t`` ends playing (0: nothing written by then)."""
+        return max((end for when, end in self.log if when <= t), default=0.0)
 
 
 def run(sentences: list[str], translator, voice, lang: str, piece: int, interval: float, gap: float,
-        priority_lead: float | None = 0.5, paced: bool = True) -> tuple[list, float]:
+        priority_lead: float | None = 0.5, paced: bool = True) -> tuple[list, float, PacedSink | None]:
     """Feed the sentences in pieces; with ``gap`` > 0, wait that long after each sentence (an idle
     pipeline per sentence, as when the agent pauses between messages), else all in one burst.
-    Returns the timings and the seconds the voice paused for the translator."""
+    Returns the timings, the seconds the voice paused for the translator and the paced sink."""
     sink = PacedSink() if paced else NullSink()
     pipeline = Pipeline(translator=translator, voice=voice, sink=sink, lang=lang, history=len(sentences) + 8,
                         priority_lead=priority_lead)
@@ -121,7 +136,7 @@ def run(sentences: list[str], translator, voice, lang: str, piece: int, interval
                 time.sleep(interval)
             if gap:
                 time.sleep(gap)
-    return [t for t in pipeline.timings() if t.first_audio is not None], pipeline.voice_paused
+    return [t for t in pipeline.timings() if t.first_audio is not None], pipeline.voice_paused, sink if paced else None
 
 
 def main() -> int:
@@ -130,17 +145,18 @@ def main() -> int:
     parser.add_argument("--nllb", type=Path, default=None, help="converted NLLB folder (default: the bench model)")
     parser.add_argument("--piece", type=int, default=4, help="characters per fed piece")
     parser.add_argument("--rate", type=float, default=80.0, help="pieces per second (Claude streams ~50-100 tokens/s)")
-    parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads")
+    parser.add_argument("--threads", type=int, default=None, help="OpenBLAS threads (default: the package's, 2)")
     parser.add_argument("--no-pace", action="store_true",
                         help="audio goes to a sink that takes it at once (default: at real-time playback pace)")
     parser.add_argument("--parallel", action="store_true", help="translator decodes on two MLX streams")
     parser.add_argument("--priority-lead", default="0.5",
                         help="Pipeline(priority_lead=...): seconds; 'none' lets the voice run during translation")
-    parser.add_argument("--gap", type=float, default=3.0,
+    parser.add_argument("--gap", type=float, default=5.0,
                         help="seconds of silence after each sentence (0: one burst; queueing then dominates)")
     args = parser.parse_args()
 
-    _blas.set_blas_threads(args.threads)
+    if args.threads is not None:
+        _blas.set_blas_threads(args.threads)
     from mlx_stream_tts.voice import Voice
 
     t0 = time.perf_counter()
@@ -160,28 +176,43 @@ def main() -> int:
     lang = "ja" if args.no_translate else "en"
     lead = None if args.priority_lead.lower() == "none" else float(args.priority_lead)
     run(sentences[:2], translator, voice, lang, args.piece, 0.0, 0.0, lead, paced=False)  # warm-up
-    timings, paused = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap, lead,
+    timings, paused, sink = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap, lead,
                           paced=not args.no_pace)
 
-    print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {args.threads} thread(s); models loaded in {load_s:.1f} s")
+    print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {_blas.blas_threads()} thread(s); models loaded in {load_s:.1f} s")
     print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms, {args.gap} s after each sentence; "
           f"sink: {'immediate' if args.no_pace else 'real-time paced'}; "
           f"translator: {'none' if translator is None else path}{' (parallel)' if args.parallel else ''}; "
           f"priority_lead {lead}: the voice paused {paused:.1f} s for the translator")
-    print(f"{'#':>3} {'chunked->translated':>20} {'chunked->first audio':>21}  text")
-    lat = []
+    print(f"{'#':>3} {'chunked->translated':>20} {'chunked->first audio':>21} {'added delay':>12}  text")
+    lat, added = [], []
+    prev_done = None
     for t in timings:
         tr = (t.translated - t.chunked) * 1e3 if t.translated and t.chunked else float("nan")
         fa = (t.first_audio - t.chunked) * 1e3
         lat.append(fa)
-        print(f"{t.seq:>3} {tr:>17.0f} ms {fa:>18.0f} ms  {t.source[:60]}")
+        # Added delay: from when the sentence could start playing (its end has arrived and the audio
+        # before it has finished playing) to its first audio. Equals the above when playback is idle.
+        ready = t.chunked
+        if sink is not None and prev_done is not None:
+            ready = max(ready, sink.playing_until(prev_done))
+        added.append(max(0.0, t.first_audio - ready) * 1e3)
+        prev_done = t.done
+        print(f"{t.seq:>3} {tr:>17.0f} ms {fa:>18.0f} ms {added[-1]:>9.0f} ms  {t.source[:60]}")
     if not lat:
         print("no sentence produced audio")
         return 1
-    first, med = lat[0], statistics.median(lat)
-    p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
-    print(f"first sentence {first:.0f} ms, median {med:.0f} ms, p90 {p90:.0f} ms "
-          f"(sentence end -> first audio; origin system ~{ORIGIN_MS:.0f} ms: ratio median/origin {med / ORIGIN_MS:.2f})")
+
+    def summary(values: list[float]) -> str:
+        p90 = sorted(values)[int(0.9 * (len(values) - 1))]
+        return f"first sentence {values[0]:.0f} ms, median {statistics.median(values):.0f} ms, p90 {p90:.0f} ms"
+
+    med = statistics.median(lat)
+    print(f"sentence end -> first audio: {summary(lat)} (origin system ~{ORIGIN_MS:.0f} ms: median/origin "
+          f"{med / ORIGIN_MS:.2f})")
+    if sink is not None:
+        print(f"added delay (after the previous sentence's audio ended, if later): {summary(added)} "
+              f"(median/origin {statistics.median(added) / ORIGIN_MS:.2f})")
     return 0
 
 

@@ -133,7 +133,7 @@ def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
 
     from mlx_stream_tts.translate import Translator
 
-    # Two cores, as the peers get (THREADS); the library's default is one, to leave a core to the voice.
+    # Two cores, as the peers get (THREADS).
     tr = Translator.load(path, parallel=THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1")
     loaded_mb = peak_mb()
     tok = tr.tokenizer

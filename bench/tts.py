@@ -10,7 +10,7 @@ timings; the MLX voice's 1-2 ms of G2P is inside). Printed as a table, with MLX/
   of ``--cold-runs`` subprocesses; conversion excluded (the converted folder must exist);
 - peak memory: peak RSS (VmHWM) of such a subprocess after speaking all sentences.
 
-The package runs OpenBLAS on one thread by default (the pipeline runs two models at once); here the
+The package runs OpenBLAS on two threads by default (one on a one-core machine); here the
 MLX side gets as many BLAS threads as onnxruntime gets intra-op threads (``--threads``), and
 ``--mlx-threads`` adds columns for other counts (e.g. ``2,1``).
 

@@ -10,7 +10,7 @@ One-row products (decoding steps) go through a tiny C shim, data/gemv_shim.c, co
 cache when a C compiler exists (``MLX_STREAM_TTS_GEMV=0`` turns it off): it binds MLX's ``cblas_sgemm``
 and hands those products to OpenBLAS's ``cblas_sgemv``, which reads the matrix in place.
 
-OpenBLAS runs one thread by default (see :func:`set_blas_threads`). Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
+OpenBLAS runs two threads by default (one on a one-core machine; see :func:`set_blas_threads`). Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
 ``libopenblas0-pthread``, then the ``cmeel-openblas`` wheel. The cmeel build needs ``libgfortran.so.5``,
 which a fresh machine may lack; the mlx-cpu and numpy wheels bundle one under a mangled name, so we
 copy it into the cache with its SONAME set back to ``libgfortran.so.5`` and load that first.
@@ -216,7 +216,7 @@ def ensure_fast_blas() -> str | None:
         if _try_load(path):
             active_blas = str(path)
             if "OPENBLAS_NUM_THREADS" not in os.environ:
-                set_blas_threads(int(os.environ.get("MLX_STREAM_TTS_BLAS_THREADS", "1")))
+                set_blas_threads(_threads_from_env())
             logger.debug("MLX CPU matmuls use %s", path)
             return active_blas
     logger.warning(
@@ -228,13 +228,33 @@ def ensure_fast_blas() -> str | None:
     return None
 
 
+def _threads_from_env() -> int:
+    value = os.environ.get("MLX_STREAM_TTS_BLAS_THREADS", "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            logger.warning("MLX_STREAM_TTS_BLAS_THREADS=%r is not a number; using %d", value, default_blas_threads())
+    return default_blas_threads()
+
+
+def default_blas_threads() -> int:
+    """Two threads, or one on a one-core machine.
+
+    Measured on 2 cores (bench/pipeline.py), with the translator and the voice in one process and the
+    voice pausing for the translator (``Pipeline(priority_lead=...)``): two threads brought a sentence's
+    first audio from ~0.98 s to ~0.82 s after its end (Japanese text straight to the voice: 0.48 ->
+    0.36 s), and a stream faster than speech still never let playback run dry. More threads than two
+    are untested: two stages that both run many-threaded BLAS at once oversubscribe the cores.
+    """
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def set_blas_threads(n: int) -> bool:
     """Set OpenBLAS's thread count for the whole process; False when no OpenBLAS is active.
 
-    The default is one thread (``MLX_STREAM_TTS_BLAS_THREADS`` or ``OPENBLAS_NUM_THREADS`` override it):
-    the pipeline runs the translator and the voice at once, and on a small machine a second BLAS
-    thread per stage oversubscribes the cores (a 62x768 @ 768x768 matmul went from 0.5 ms to 20 ms).
-    Benchmarks of one model alone may ask for more.
+    The default is :func:`default_blas_threads` (``MLX_STREAM_TTS_BLAS_THREADS`` or
+    ``OPENBLAS_NUM_THREADS`` override it).
     """
     global _threads
     for handle in reversed(_handles):
