@@ -259,6 +259,9 @@ class NormStats:
         per = rows // self.frames  # rows per frame at this layer's rate
         core = x[:, self.lo * per: self.hi * per]
         c_sum, c_sq = core.sum(axis=1, keepdims=True), (core * core).sum(axis=1, keepdims=True)
+        # Evaluated now: left lazy, these sums would hold every norm layer's input alive until the
+        # window's end (measured: MLX peak 0.96 GB -> 0.57 GB over bench/tts.py's sentences, no slower).
+        mx.eval(c_sum, c_sq)
         n0, s0, q0 = self.prior[len(self.totals)] if self.prior else (0, 0.0, 0.0)
         self.totals.append((n0 + core.shape[1], s0 + c_sum, q0 + c_sq))
         if not self.prior:
