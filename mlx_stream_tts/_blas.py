@@ -168,7 +168,11 @@ def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
         return
     if not hasattr(openblas, "cblas_sgemv"):
         return
-    path = _build_gemv_shim()
+    try:
+        path = _build_gemv_shim()
+    except OSError as err:  # no source file, a read-only cache: decoding just stays on the slower path
+        logger.info("gemv shim not built: %s", err)
+        return
     if path is None:
         return
     try:

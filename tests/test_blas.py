@@ -171,3 +171,19 @@ def test_mlx_one_row_products_go_through_the_shim_and_can_be_turned_off():
     assert off.returncode == 0, off.stderr
     off = json.loads(off.stdout.strip().splitlines()[-1])
     assert not off["shim"] and off["calls"] == 0 and off["err"] < 1e-3, off
+
+
+def test_unwritable_cache_only_loses_the_shim(tmp_path, monkeypatch):
+    from mlx_stream_tts import _blas
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")  # mkdir under it fails
+    monkeypatch.setattr(_blas, "_cache_dir", lambda: blocker / "lib")
+    monkeypatch.setattr(_blas, "gemv_shim", None)
+    monkeypatch.delenv("MLX_STREAM_TTS_GEMV", raising=False)
+
+    class FakeOpenBlas:
+        cblas_sgemv = object()
+
+    _blas._load_gemv_shim(FakeOpenBlas())  # must not raise
+    assert _blas.gemv_shim is None
