@@ -254,6 +254,15 @@ def default_blas_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def _openblas_function(name: str):
+    """An OpenBLAS function by name from the loaded libraries (newest first), or None."""
+    for handle in reversed(_handles):
+        fn = getattr(handle, name, None)
+        if fn is not None:
+            return fn
+    return None
+
+
 def set_blas_threads(n: int) -> bool:
     """Set OpenBLAS's thread count for the whole process; False when no OpenBLAS is active.
 
@@ -261,24 +270,22 @@ def set_blas_threads(n: int) -> bool:
     ``OPENBLAS_NUM_THREADS`` override it).
     """
     global _threads
-    for handle in reversed(_handles):
-        setter = getattr(handle, "openblas_set_num_threads", None)
-        if setter is not None:
-            setter(max(1, int(n)))
-            _threads = None
-            return True
-    return False
+    setter = _openblas_function("openblas_set_num_threads")
+    if setter is None:
+        return False
+    setter(max(1, int(n)))
+    _threads = None  # read back: OpenBLAS may cap the count at what it was built for
+    return True
 
 
-_threads: int | None = None
+_threads: int | None = None  # cached: nllb.linear asks on every product
 
 
 def blas_threads() -> int:
     """OpenBLAS's thread count (1 when no OpenBLAS is active)."""
     global _threads
     if _threads is None:
-        getter = next((getattr(h, "openblas_get_num_threads", None) for h in reversed(_handles)
-                       if getattr(h, "openblas_get_num_threads", None) is not None), None)
+        getter = _openblas_function("openblas_get_num_threads")
         _threads = int(getter()) if getter is not None else 1
     return _threads
 
