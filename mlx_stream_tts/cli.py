@@ -129,8 +129,8 @@ def _speak(args: argparse.Namespace) -> int:
         from .voice import Voice
 
         try:
-            voice = Voice.load(args.voice_dir, voice=args.voice)
-        except (FileNotFoundError, ValueError) as err:
+            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
     try:
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
     speak.add_argument("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
     speak.add_argument("--model-dir", help="converted NLLB model folder (default: the cache folder)")
+    speak.add_argument("--voice-precision", choices=("auto", "int8", "float32"), default="auto",
+                       help="the vocoder's convolutions: auto = int8 where the CPU kernel runs (AVX-512 VNNI)")
     speak.add_argument("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
     speak.set_defaults(func=_speak)
 

@@ -22,6 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .. import _blas, _native
+
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
@@ -137,8 +139,37 @@ class Conv1d(nn.Conv1d):
     ``d`` interleaved subsequences.
     """
 
+    #: The weight in 8 bits for the CPU kernel (:meth:`pack_int8`), or None: float32 in MLX.
+    int8: _native.PackedConv | None = None
+
+    def pack_int8(self, in_scale: mx.array | None = None) -> bool:
+        """Run this conv with the 8-bit CPU kernel (data/int8_conv.c) from now on; False if unavailable.
+
+        Only stride-1 "same" convs qualify. ``in_scale`` is folded into the packed weight: the
+        caller must pass that same ``in_scale`` (or none) on every call.
+        """
+        out_c, k, in_c = self.weight.shape
+        same = self.stride == 1 and self.padding == self.dilation * (k - 1) // 2 and self.groups == 1
+        if not same or _native.int8_conv() is None:
+            return False
+        w = self.weight if in_scale is None else self.weight * in_scale
+        bias = np.array(self["bias"]) if "bias" in self else None
+        self.int8 = _native.PackedConv(np.array(w.astype(mx.float32)), bias, self.dilation)
+        return True
+
+    def _int8_call(self, x: mx.array) -> mx.array:
+        # The kernel needs the input's values: this evaluates the graph up to here (the vocoder already
+        # evaluates block by block). Its output enters MLX as a new array.
+        mx.eval(x)
+        xs = np.asarray(x.astype(mx.float32) if x.dtype != mx.float32 else x)
+        threads = _blas.blas_threads()
+        out = [self.int8(xs[i], threads) for i in range(xs.shape[0])]
+        return mx.array(out[0][None] if len(out) == 1 else np.stack(out)).astype(x.dtype)
+
     def __call__(self, x: mx.array, in_scale: mx.array | None = None) -> mx.array:
         """x ``(B, L, in)``; ``in_scale`` ``(in,)`` multiplies the input channels (folded into the weight)."""
+        if self.int8 is not None and mx.default_device() == mx.cpu:
+            return self._int8_call(x)
         out_c, k, in_c = self.weight.shape
         d = self.dilation
         w = self.weight if in_scale is None else self.weight * in_scale
@@ -260,6 +291,19 @@ class NormStats:
         mean = (s0 + x.sum(axis=1, keepdims=True)) / n
         return mean, mx.maximum((q0 + (x * x).sum(axis=1, keepdims=True)) / n - mean * mean, 0.0)
 
+    def numpy_stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`__call__` for one sequence ``(L, C)`` in NumPy (the 8-bit path), in float64."""
+        rows = x.shape[0]
+        per = rows // self.frames
+        lo, hi = min(self.lo * per, rows), min(self.hi * per, rows)
+        total, squares, c_sum, c_sq = _native.channel_sums(x, lo, hi)
+        n0, s0, q0 = self.prior[len(self.totals)] if self.prior else (0, 0.0, 0.0)
+        s0, q0 = np.asarray(s0, np.float64).reshape(-1), np.asarray(q0, np.float64).reshape(-1)
+        self.totals.append((n0 + hi - lo, s0 + c_sum, q0 + c_sq))
+        n = n0 + rows
+        mean = (s0 + total) / n
+        return mean, np.maximum((q0 + squares) / n - mean * mean, 0.0)
+
 
 class AdaIN1d(nn.Module):
     def __init__(self, style_dim: int, channels: int):
@@ -302,6 +346,10 @@ class AdainResBlk1d(nn.Module):
         if upsample:
             self.pool = ConvTranspose1d(dim_in, dim_in, 3, stride=2, padding=1, output_padding=1, groups=dim_in)
 
+    def pack_int8(self) -> bool:
+        convs = [self.conv1, self.conv2] + ([self.conv1x1] if self.learned_sc else [])
+        return all([c.pack_int8() for c in convs])
+
     def _shortcut(self, x: mx.array) -> mx.array:
         if self.upsample:
             x = mx.repeat(x, 2, axis=1)
@@ -338,7 +386,46 @@ class AdaINResBlock1(nn.Module):
         self.alpha1 = [mx.ones((channels,)) for _ in dilation]
         self.alpha2 = [mx.ones((channels,)) for _ in dilation]
 
+    def pack_int8(self) -> bool:
+        # The snake's 1 / alpha is folded into the next conv's weight (see ``_scaled_snake``).
+        packed = [c.pack_int8(1 / a) for cs, alphas in ((self.convs1, self.alpha1), (self.convs2, self.alpha2))
+                  for c, a in zip(cs, alphas)]
+        return all(packed)
+
+    def _snake_args(self, x: np.ndarray, style: np.ndarray, adain: AdaIN1d, alpha: np.ndarray,
+                    norm: NormStats | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` with ``alpha * snake(AdaIN(x), alpha) = u + sin(u)^2``, ``u = a x + b`` (NumPy)."""
+        if norm is None:
+            total, squares, _, _ = _native.channel_sums(x)
+            mean = total / x.shape[0]
+            var = np.maximum(squares / x.shape[0] - mean * mean, 0.0)
+        else:
+            mean, var = norm.numpy_stats(x)
+        gamma, beta = np.split(style, 2)
+        inv = np.asarray(adain.norm.weight) / np.sqrt(var + adain.norm.eps)
+        scale = inv * (1 + gamma)
+        shift = (np.asarray(adain.norm.bias) - mean * inv) * (1 + gamma) + beta
+        return (scale * alpha).astype(np.float32), (shift * alpha).astype(np.float32)
+
+    def _int8_call(self, x: mx.array, s: mx.array, norm: NormStats | None) -> mx.array:
+        # The whole block in the 8-bit kernel: each AdaIN + Snake runs fused into the conv after it
+        # (as the kernel quantizes its input), and the residual add in that conv's output. MLX's
+        # elementwise CPU kernels are single-threaded and cost 3x the 8-bit convs themselves.
+        styles = [n.fc(s) for n in (*self.adain1, *self.adain2)]
+        mx.eval(x, styles)
+        styles = [np.asarray(st[0], np.float64) for st in styles]
+        threads = _blas.blas_threads()
+        h = np.ascontiguousarray(np.asarray(x[0]), np.float32)
+        steps = zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2,
+                    styles[: len(self.convs1)], styles[len(self.convs1):])
+        for c1, c2, n1, n2, a1, a2, s1, s2 in steps:
+            xt = c1.int8(h, threads, snake=self._snake_args(h, s1, n1, np.asarray(a1, np.float64), norm))
+            h = c2.int8(xt, threads, snake=self._snake_args(xt, s2, n2, np.asarray(a2, np.float64), norm), residual=h)
+        return mx.array(h[None]).astype(x.dtype)
+
     def __call__(self, x: mx.array, s: mx.array, norm: NormStats | None = None) -> mx.array:
+        if self.convs1[0].int8 is not None and x.shape[0] == 1 and mx.default_device() == mx.cpu:
+            return self._int8_call(x, s, norm)
         for c1, c2, n1, n2, a1, a2 in zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2):
             xt = c1(_scaled_snake(x, *n1.scale_shift(x, s, norm), a1), 1 / a1)
             xt = c2(_scaled_snake(xt, *n2.scale_shift(xt, s, norm), a2), 1 / a2)
@@ -541,6 +628,11 @@ class Generator(nn.Module):
         self.conv_post = Conv1d(c_out, gen_istft_n_fft + 2, 7, padding=3)
         self.stft = STFT(gen_istft_n_fft, gen_istft_hop_size)
 
+    def pack_int8(self) -> bool:
+        """The resblocks' convs in 8 bits (the upsampling and noise convs and ``conv_post`` stay float32,
+        as in the shipped ONNX: small, and nearest the output); False if the kernel is unavailable."""
+        return all([block.pack_int8() for block in [*self.resblocks, *self.noise_res]])
+
     def source(self, f0: mx.array) -> mx.array:
         """f0 ``(B, N)`` -> the harmonic source's STFT, magnitude then phase ``(B, N * scale / hop + 1, n_fft + 2)``."""
         mag, phase = self.stft.transform(self.m_source(f0))
@@ -603,6 +695,17 @@ class Decoder(nn.Module):
         self.N_conv = Conv1d(1, 1, 3, stride=2, padding=1)
         self.asr_res = [Conv1d(dim_in, asr_res_dim, 1)]
         self.generator = Generator(style_dim, **istftnet)
+
+    def pack_int8(self) -> bool:
+        """Every stride-1 conv of the decoder in 8 bits on the CPU (see :meth:`Conv1d.pack_int8`)."""
+        blocks = [self.encode, *self.decode]
+        return all([b.pack_int8() for b in blocks] + [self.asr_res[0].pack_int8(), self.generator.pack_int8()])
+
+    def unpack_int8(self) -> None:
+        """Back to float32 convolutions in MLX."""
+        for _, module in self.named_modules():
+            if isinstance(module, Conv1d):
+                module.int8 = None
 
     def __call__(self, asr: mx.array, f0_curve: mx.array, n: mx.array, s: mx.array) -> mx.array:
         """asr ``(B, L, dim_in)``, f0 and n ``(B, 2L)``, style ``(B, style_dim)`` -> audio ``(B, samples)``."""

@@ -1,0 +1,176 @@
+"""Small C kernels for the CPU, compiled once into the cache and loaded with ctypes.
+
+MLX's CPU backend lacks fast low-precision compute; where a stage needs it (the vocoder's 8-bit
+convolutions, data/int8_conv.c) a kernel is compiled on first use with the system C compiler, keyed by
+the source's hash, the flags and the machine, and loaded only when the CPU has the instructions it
+was built for. Without a compiler or those instructions, callers keep their MLX path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .paths import cache_root
+
+logger = logging.getLogger(__name__)
+
+_DATA = Path(__file__).parent / "data"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def build(source: str, flags: tuple[str, ...] = ()) -> Path | None:
+    """Compile ``data/<source>`` into a shared library in the cache; None if that is not possible."""
+    src = _DATA / source
+    try:
+        code = src.read_bytes()
+    except OSError as err:
+        logger.info("kernel source %s unreadable: %s", src, err)
+        return None
+    key = hashlib.sha256(code + " ".join(flags).encode() + platform.machine().encode()).hexdigest()[:16]
+    target = cache_root() / "lib" / f"libmst_{src.stem}-{key}.so"
+    if target.exists():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        logger.info("no C compiler: %s not built", source)
+        return None
+    tmp = target.with_suffix(f".tmp{os.getpid()}.so")
+    cmd = [compiler, "-O3", "-shared", "-fPIC", *flags, "-o", str(tmp), str(src), "-lm", "-pthread"]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logger.info("could not build %s: %s", source, err)
+        return None
+    if proc.returncode != 0:
+        logger.info("could not build %s: %s", source, proc.stderr.strip()[:500])
+        tmp.unlink(missing_ok=True)
+        return None
+    os.replace(tmp, target)
+    return target
+
+
+_INT8_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma")
+_INT8_CPU = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma")
+
+_f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+_i8p = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
+_i32p = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
+
+
+@lru_cache(maxsize=1)
+def int8_conv() -> ctypes.CDLL | None:
+    """data/int8_conv.c loaded, or None (no AVX-512 VNNI, no compiler, or ``MLX_STREAM_TTS_INT8=0``)."""
+    if os.environ.get("MLX_STREAM_TTS_INT8", "1").strip().lower() in ("0", "no", "off", "false"):
+        return None
+    if not set(_INT8_CPU) <= cpu_flags():
+        logger.info("CPU without AVX-512 VNNI: the vocoder keeps float32 convolutions")
+        return None
+    path = build("int8_conv.c", _INT8_FLAGS)
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        logger.info("int8 conv kernel not loaded: %s", err)
+        return None
+    c_int = ctypes.c_int
+    lib.mst_s8_packed_size.argtypes = [c_int, c_int, c_int]
+    lib.mst_s8_packed_size.restype = ctypes.c_long
+    lib.mst_s8_pack.argtypes = [_f32p, c_int, c_int, c_int, _i8p, _f32p, _i32p]
+    lib.mst_s8_pack.restype = None
+    vp = ctypes.c_void_p  # optional arrays: None or a pointer
+    lib.mst_s8_conv1d.argtypes = [
+        _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int,
+    ]
+    lib.mst_s8_conv1d.restype = c_int
+    f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+    lib.mst_channel_sums.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p]
+    lib.mst_channel_sums.restype = None
+    return lib
+
+
+def _ptr(a: np.ndarray | None, shape: tuple[int, ...]) -> int | None:
+    """Address of an optional float32 array checked against ``shape`` (the caller keeps it alive)."""
+    if a is None:
+        return None
+    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
+        raise ValueError(f"expected a C-contiguous float32 array of shape {shape}, got {a.dtype} {a.shape}")
+    return a.ctypes.data
+
+
+def channel_sums(x: np.ndarray, lo: int = 0, hi: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel of ``x`` ``(T, C)`` float32: sum and sum of squares over all rows, then over rows
+    ``[lo, hi)`` (float64). Needs :func:`int8_conv`."""
+    lib = int8_conv()
+    if lib is None:
+        raise RuntimeError("the int8 conv kernel is not available on this machine")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    c = x.shape[1]
+    out = [np.empty(c, np.float64) for _ in range(4)]
+    lib.mst_channel_sums(x, x.shape[0], c, int(lo), int(hi), *out)
+    return out[0], out[1], out[2], out[3]
+
+
+class PackedConv:
+    """A conv weight ``(out, k, in)`` quantized and packed once for :func:`int8_conv`'s kernel."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, dilation: int):
+        lib = int8_conv()
+        if lib is None:
+            raise RuntimeError("the int8 conv kernel is not available on this machine")
+        self._lib = lib
+        w = np.ascontiguousarray(weight, dtype=np.float32)
+        self.out_c, self.k, self.in_c = w.shape
+        self.dilation = dilation
+        self.packed = np.empty(lib.mst_s8_packed_size(self.out_c, self.k, self.in_c), np.int8)
+        self.scale = np.empty(self.out_c, np.float32)
+        self.wsum = np.empty(self.out_c, np.int32)
+        lib.mst_s8_pack(w, self.out_c, self.k, self.in_c, self.packed, self.scale, self.wsum)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, threads: int = 1, snake: tuple[np.ndarray, np.ndarray] | None = None,
+                 residual: np.ndarray | None = None) -> np.ndarray:
+        """x ``(T, in)`` float32 -> ``(T, out)``, "same" padding.
+
+        Args:
+            threads: threads to split the rows over.
+            snake: ``(a, b)``, each ``(in,)``: the conv's input is ``u + sin(u)^2`` with ``u = a x + b``
+                instead of ``x`` (an AdaIN and a Snake whose ``1 / alpha`` the packed weight holds).
+            residual: ``(T, out)``, added to the output.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.in_c:
+            raise ValueError(f"expected input (T, {self.in_c}), got {x.shape}")
+        a, b = snake if snake is not None else (None, None)
+        out = np.empty((t, self.out_c), np.float32)
+        pad = self.dilation * (self.k - 1) // 2
+        err = self._lib.mst_s8_conv1d(
+            x, t, self.in_c, _ptr(a, (self.in_c,)), _ptr(b, (self.in_c,)), self.packed, self.scale, self.wsum,
+            _ptr(self.bias, (self.out_c,)), _ptr(residual, (t, self.out_c)), self.out_c, self.k, self.dilation,
+            pad, out, int(threads),
+        )
+        if err:
+            raise MemoryError("int8 conv: out of memory for the scratch buffer")
+        return out

@@ -1,0 +1,296 @@
+/* 1-D convolution in 8-bit integers with AVX-512 VNNI, for the vocoder on CPU.
+ *
+ * MLX's CPU backend has no fast low-precision kernels (its float16 and quantized paths are slower than
+ * float32), while onnxruntime runs the same vocoder's convolutions as uint8 x int8 products with VNNI:
+ * four times the multiply-adds per instruction of float32. This does the same: the input is quantized
+ * per call (asymmetric uint8, one scale for the whole tensor, as ONNX's DynamicQuantizeLinear), the
+ * weights once (symmetric int8, one scale per output channel), products accumulate exactly in int32.
+ *
+ * Layouts: input x (T, C) row-major float32 (MLX's NLC without the batch); weight (O, K, C) as MLX
+ * stores conv weights; output (T, O) float32. "Same" padding: out[t] = sum_j x[t + j d - pad] w[:, j].
+ * Packed weight: for each block of 64 output channels, for each tap j and group of 4 input channels,
+ * 64 lanes x 4 int8 (one 64-byte row per 16 lanes per zmm), as vpdpbusd consumes them.
+ * Built by mlx_stream_tts/_native.py with -mavx512f -mavx512bw -mavx512vnni and loaded only when the
+ * CPU has them.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OB 64 /* output channels per block: 4 zmm of 16 int32 */
+#define RB 6  /* rows per micro-tile: 6 x 4 accumulators + 4 weight registers + 1 broadcast */
+
+static inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+/* Size in bytes of the packed weight for (O, K, C). */
+long mst_s8_packed_size(int out_c, int k, int in_c) {
+    return (long)round_up(out_c, OB) * k * round_up(in_c, 4);
+}
+
+/* Quantize w (O, K, C) float32 to the packed int8 layout; per output channel: scale[o] and
+ * wsum[o] = the sum of its int8 weights (for the input's zero point). */
+void mst_s8_pack(const float *w, int out_c, int k, int in_c, int8_t *packed, float *scale, int32_t *wsum) {
+    int cp = round_up(in_c, 4), op = round_up(out_c, OB);
+    memset(packed, 0, (size_t)op * k * cp);
+    for (int o = 0; o < out_c; ++o) {
+        const float *row = w + (size_t)o * k * in_c;
+        float amax = 0.0f;
+        for (int i = 0; i < k * in_c; ++i) amax = fmaxf(amax, fabsf(row[i]));
+        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        scale[o] = s;
+        int32_t total = 0;
+        int ob = o / OB, lane = o % OB;
+        for (int j = 0; j < k; ++j)
+            for (int c = 0; c < in_c; ++c) {
+                int q = (int)lrintf(row[j * in_c + c] / s);
+                q = q > 127 ? 127 : (q < -127 ? -127 : q);
+                size_t at = ((((size_t)ob * k + j) * (cp / 4) + c / 4) * OB + lane) * 4 + c % 4;
+                packed[at] = (int8_t)q;
+                total += q;
+            }
+        wsum[o] = total;
+    }
+}
+
+/* sin(t)^2 by range reduction to [-pi/2, pi/2] (sin^2 has period pi) and an odd Taylor polynomial of
+ * sin: |error| < 1e-7 there; pi in two parts keeps the reduction exact for the |t| of activations. */
+static inline __m512 sin_squared(__m512 t) {
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(0.318309886f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(3.14159274f), t);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-8.74227766e-8f), r);
+    const __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(-2.50521084e-8f); /* -1/11! */
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.75573192e-6f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-1.98412698e-4f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(8.33333333e-3f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-1.66666667e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.0f));
+    const __m512 s = _mm512_mul_ps(r, p);
+    return _mm512_mul_ps(s, s);
+}
+
+/* The conv's input, 16 channels from c: x, or with pre_a the snake u + sin(u)^2 of u = a x + b
+ * (per channel; the snake's 1 / alpha is folded into the packed weight by the caller). */
+static inline __m512 load_input(const float *row, const float *pre_a, const float *pre_b, int c, __mmask16 m) {
+    __m512 v = _mm512_maskz_loadu_ps(m, row + c);
+    if (!pre_a) return v;
+    __m512 u = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, pre_a + c), _mm512_maskz_loadu_ps(m, pre_b + c));
+    return _mm512_maskz_add_ps(m, u, sin_squared(u));
+}
+
+static inline __mmask16 tail_mask(int c, int n) { return n - c >= 16 ? 0xFFFF : (__mmask16)((1u << (n - c)) - 1u); }
+
+typedef struct {
+    const float *x, *pre_a, *pre_b;
+    int rows, in_c, cp;
+    float inv_scale;
+    int zp;
+    uint8_t *q; /* (rows, cp) */
+    float lo, hi; /* range of the rows of one part (set by range_rows) */
+} quant_job;
+
+/* min and max of the input over rows [r0, r1), 0 included (so that 0 is exact after quantization). */
+static void range_rows(quant_job *job, int r0, int r1) {
+    __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+    for (int r = r0; r < r1; ++r) {
+        const float *src = job->x + (size_t)r * job->in_c;
+        for (int c = 0; c < job->in_c; c += 16) {
+            __mmask16 m = tail_mask(c, job->in_c);
+            __m512 v = load_input(src, job->pre_a, job->pre_b, c, m); /* masked lanes are 0 */
+            vmin = _mm512_min_ps(vmin, v);
+            vmax = _mm512_max_ps(vmax, v);
+        }
+    }
+    job->lo = _mm512_reduce_min_ps(vmin);
+    job->hi = _mm512_reduce_max_ps(vmax);
+}
+
+static void quantize_rows(const quant_job *job, int r0, int r1) {
+    const __m512 inv = _mm512_set1_ps(job->inv_scale);
+    const __m512i zp = _mm512_set1_epi32(job->zp), lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+    for (int r = r0; r < r1; ++r) {
+        const float *src = job->x + (size_t)r * job->in_c;
+        uint8_t *dst = job->q + (size_t)r * job->cp;
+        for (int c = 0; c < job->in_c; c += 16) {
+            __mmask16 m = tail_mask(c, job->in_c);
+            __m512 v = load_input(src, job->pre_a, job->pre_b, c, m);
+            __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zp);
+            q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+            _mm_mask_storeu_epi8(dst + c, m, _mm512_cvtepi32_epi8(q));
+        }
+        /* channel padding: its weights are 0, any value will do; keep it defined */
+        for (int c = job->in_c; c < job->cp; ++c) dst[c] = (uint8_t)job->zp;
+    }
+}
+
+typedef struct {
+    const uint8_t *q; /* (t + 2 pad (+ RB), cp): row t of the output starts at q + t cp */
+    const int8_t *w;
+    const int32_t *wsum;
+    const float *wscale, *bias, *residual;
+    int t, out_c, k, dilation, cp, zp;
+    float xscale;
+    float *out;
+    int r0, r1; /* output rows of this thread */
+} conv_job;
+
+/* One micro-tile: rows [r, r + RB) x output channels [ob * 64, ob * 64 + 64). */
+static inline void tile(const conv_job *job, int r, int ob) {
+    __m512i acc[RB][4];
+    for (int i = 0; i < RB; ++i)
+        for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
+    const int groups = job->cp / 4;
+    const int8_t *wp = job->w + (size_t)ob * job->k * groups * OB * 4;
+    for (int j = 0; j < job->k; ++j) {
+        const uint8_t *xr = job->q + (size_t)(r + j * job->dilation) * job->cp;
+        const int8_t *wj = wp + (size_t)j * groups * OB * 4;
+        for (int g = 0; g < groups; ++g) {
+            const int8_t *wg = wj + (size_t)g * OB * 4;
+            __m512i w0 = _mm512_loadu_si512(wg), w1 = _mm512_loadu_si512(wg + 64);
+            __m512i w2 = _mm512_loadu_si512(wg + 128), w3 = _mm512_loadu_si512(wg + 192);
+            for (int i = 0; i < RB; ++i) {
+                int32_t quad;
+                memcpy(&quad, xr + (size_t)i * job->cp + 4 * g, 4);
+                __m512i b = _mm512_set1_epi32(quad);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], b, w0);
+                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], b, w1);
+                acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], b, w2);
+                acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], b, w3);
+            }
+        }
+    }
+    /* out = xscale * wscale[o] * (acc - zp * wsum[o]) + bias[o] */
+    int o0 = ob * OB;
+    int rows = job->r1 - r < RB ? job->r1 - r : RB;
+    for (int v = 0; v < 4; ++v) {
+        int o = o0 + 16 * v;
+        if (o >= job->out_c) break;
+        int n = job->out_c - o < 16 ? job->out_c - o : 16;
+        __mmask16 m = (__mmask16)((1u << n) - 1u);
+        __m512i corr = _mm512_mullo_epi32(_mm512_set1_epi32(job->zp), _mm512_maskz_loadu_epi32(m, job->wsum + o));
+        __m512 sc = _mm512_mul_ps(_mm512_set1_ps(job->xscale), _mm512_maskz_loadu_ps(m, job->wscale + o));
+        __m512 bi = job->bias ? _mm512_maskz_loadu_ps(m, job->bias + o) : _mm512_setzero_ps();
+        for (int i = 0; i < rows; ++i) {
+            size_t at = (size_t)(r + i) * job->out_c + o;
+            __m512 add = job->residual ? _mm512_add_ps(bi, _mm512_maskz_loadu_ps(m, job->residual + at)) : bi;
+            __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], corr)), sc, add);
+            _mm512_mask_storeu_ps(job->out + at, m, y);
+        }
+    }
+}
+
+static void *conv_rows(void *arg) {
+    const conv_job *job = arg;
+    int blocks = round_up(job->out_c, OB) / OB;
+    /* Output blocks outermost: that block's weights stay in L1/L2 while the rows stream past. */
+    for (int ob = 0; ob < blocks; ++ob)
+        for (int r = job->r0; r < job->r1; r += RB) tile(job, r, ob);
+    return NULL;
+}
+
+typedef struct {
+    quant_job *job;
+    int r0, r1;
+    int range; /* 1: find the range (into lo / hi of a private copy), 0: quantize */
+    quant_job own;
+} quant_part;
+
+static void *quant_rows(void *arg) {
+    quant_part *p = arg;
+    if (p->range) {
+        p->own = *p->job;
+        range_rows(&p->own, p->r0, p->r1);
+    } else {
+        quantize_rows(p->job, p->r0, p->r1);
+    }
+    return NULL;
+}
+
+/* Run fn over parts[0..n) (each sizeof ``size`` bytes): n - 1 new threads and the caller. */
+static void run_parts(void *(*fn)(void *), void *parts, size_t size, int n) {
+    pthread_t tid[8];
+    int started[8] = {0};
+    for (int i = 1; i < n; ++i) started[i] = pthread_create(&tid[i], NULL, fn, (char *)parts + i * size) == 0;
+    fn(parts);
+    for (int i = 1; i < n; ++i) {
+        if (started[i]) pthread_join(tid[i], NULL);
+        else fn((char *)parts + i * size);
+    }
+}
+
+/* out (T, O) = conv(input, packed weight) + bias (+ residual (T, O)), "same" padding ``pad``. The input
+ * is x (T, C), or with pre_a / pre_b (C,) the snake of a x + b (see load_input). Returns 0, or -1 when
+ * the scratch buffer cannot be allocated. */
+int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const float *pre_b, const int8_t *packed,
+                  const float *wscale, const int32_t *wsum, const float *bias, const float *residual, int out_c,
+                  int k, int dilation, int pad, float *out, int threads) {
+    int cp = round_up(in_c, 4);
+    int rows = t + (k - 1) * dilation + RB; /* + RB: the last tile may read past the end */
+    uint8_t *q = aligned_alloc(64, (size_t)round_up(rows * cp, 64));
+    if (!q) return -1;
+    if (threads < 1) threads = 1;
+    if (threads > 8) threads = 8;
+    if ((long)t * out_c < 4096) threads = 1; /* a thread costs more than such a small product */
+    int per = round_up((t + threads - 1) / threads, RB);
+    quant_job qj = {x, pre_a, pre_b, t, in_c, cp, 1.0f, 0, NULL, 0.0f, 0.0f};
+    quant_part qp[8];
+    for (int i = 0; i < threads; ++i) {
+        int r0 = i * per < t ? i * per : t, r1 = (i + 1) * per < t ? (i + 1) * per : t;
+        qp[i] = (quant_part){&qj, r0, r1, 1, qj};
+    }
+    run_parts(quant_rows, qp, sizeof qp[0], threads);
+    float lo = 0.0f, hi = 0.0f;
+    for (int i = 0; i < threads; ++i) {
+        lo = fminf(lo, qp[i].own.lo);
+        hi = fmaxf(hi, qp[i].own.hi);
+    }
+    float scale = (hi - lo) / 255.0f;
+    if (!(scale > 0.0f) || !isfinite(scale)) scale = 1.0f;
+    int zp = (int)lrintf(-lo / scale);
+    zp = zp < 0 ? 0 : (zp > 255 ? 255 : zp);
+    memset(q, zp, (size_t)pad * cp);
+    memset(q + (size_t)(pad + t) * cp, zp, (size_t)(rows - pad - t) * cp);
+    qj.inv_scale = 1.0f / scale;
+    qj.zp = zp;
+    qj.q = q + (size_t)pad * cp;
+    for (int i = 0; i < threads; ++i) qp[i].range = 0;
+    run_parts(quant_rows, qp, sizeof qp[0], threads);
+    conv_job cj[8];
+    for (int i = 0; i < threads; ++i) {
+        int r0 = i * per < t ? i * per : t, r1 = (i + 1) * per < t ? (i + 1) * per : t;
+        cj[i] = (conv_job){q, packed, wsum, wscale, bias, residual, t, out_c, k, dilation, cp, zp, scale, out, r0, r1};
+    }
+    run_parts(conv_rows, cj, sizeof cj[0], threads);
+    free(q);
+    return 0;
+}
+
+/* Per channel of x (T, C): sums and sums of squares over all rows (sum, sq) and over rows [lo, hi)
+ * (core_sum, core_sq), in double: the instance norms' statistics. */
+void mst_channel_sums(const float *x, int t, int c, int lo, int hi, double *sum, double *sq, double *core_sum,
+                      double *core_sq) {
+    memset(sum, 0, sizeof(double) * c);
+    memset(sq, 0, sizeof(double) * c);
+    memset(core_sum, 0, sizeof(double) * c);
+    memset(core_sq, 0, sizeof(double) * c);
+    int bounds[4] = {0, lo < 0 ? 0 : (lo > t ? t : lo), hi < lo ? lo : (hi > t ? t : hi), t};
+    for (int part = 0; part < 3; ++part) {
+        double *s = part == 1 ? core_sum : sum, *q = part == 1 ? core_sq : sq;
+        for (int r = bounds[part]; r < bounds[part + 1]; ++r) {
+            const float *row = x + (size_t)r * c;
+            for (int i = 0; i < c; ++i) {
+                double v = row[i];
+                s[i] += v;
+                q[i] += v * v;
+            }
+        }
+    }
+    for (int i = 0; i < c; ++i) {
+        sum[i] += core_sum[i];
+        sq[i] += core_sq[i];
+    }
+}
