@@ -96,9 +96,9 @@ class OrtSplitEngine:
         return self.dec.run(None, feeds)[0].reshape(-1)
 
 
-def make_voice(engine: str, voice: str) -> Voice:
+def make_voice(engine: str, voice: str, precision: str = "auto") -> Voice:
     if engine == "mlx":
-        return Voice.load(voice=voice)
+        return Voice.load(voice=voice, precision=precision)
     voices, vocab = shipped_voices_vocab()
     return Voice(OrtSplitEngine(), voices, vocab, voice=voice)
 
@@ -175,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice", default="jf_alpha")
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="how many of the built-in sentences")
+    parser.add_argument("--precision", default="auto", help="the MLX vocoder's convolutions: auto, int8, float32")
+    parser.add_argument("--only", nargs="*", help="run only these methods (names as printed)")
     args = parser.parse_args(argv)
-    voice = make_voice(args.engine, args.voice)
-    results = run(voice, SENTENCES[: args.sentences], default_methods(), args.speed)
+    voice = make_voice(args.engine, args.voice, args.precision)
+    methods = [m for m in default_methods() if not args.only or m[0] in args.only]
+    results = run(voice, SENTENCES[: args.sentences], methods, args.speed)
     cols = ["corr_mean", "corr_min", "dur_ratio", "jump_max", "flux_max", "first_s", "first_over_oneshot",
             "total_over_oneshot", "rtf", "chunks"]
-    print(f"engine={args.engine} voice={args.voice} sentences={args.sentences} modes={MODES}")
+    precision = getattr(voice.engine, "precision", "-")
+    print(f"engine={args.engine} precision={precision} voice={args.voice} sentences={args.sentences} modes={MODES}")
     print(f"{'method':24s} " + " ".join(f"{c[:10]:>10s}" for c in cols))
     for name, r in results.items():
         print(f"{name:24s} " + " ".join(f"{r[c]:10.3f}" for c in cols) + f"  worst: {r['worst']}")

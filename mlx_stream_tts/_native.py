@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,8 +102,10 @@ def int8_conv() -> ctypes.CDLL | None:
     lib.mst_s8_pack.restype = None
     vp = ctypes.c_void_p  # optional arrays: None or a pointer
     lib.mst_s8_conv1d.argtypes = [
-        _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int,
+        _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int, vp,
     ]
+    lib.mst_s8_scratch_size.argtypes = [c_int, c_int, c_int, c_int]
+    lib.mst_s8_scratch_size.restype = ctypes.c_long
     lib.mst_s8_conv1d.restype = c_int
     f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
     lib.mst_channel_sums.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p]
@@ -132,6 +135,17 @@ def channel_sums(x: np.ndarray, lo: int = 0, hi: int = 0) -> tuple[np.ndarray, n
     return out[0], out[1], out[2], out[3]
 
 
+_local = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """This thread's scratch buffer for the kernel, grown to ``size`` bytes (kept: no page faults per call)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < size:
+        buf = _local.scratch = np.empty(max(size, 1 << 16), np.uint8)
+    return buf
+
+
 class PackedConv:
     """A conv weight ``(out, k, in)`` quantized and packed once for :func:`int8_conv`'s kernel."""
 
@@ -150,7 +164,7 @@ class PackedConv:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     def __call__(self, x: np.ndarray, threads: int = 1, snake: tuple[np.ndarray, np.ndarray] | None = None,
-                 residual: np.ndarray | None = None) -> np.ndarray:
+                 residual: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """x ``(T, in)`` float32 -> ``(T, out)``, "same" padding.
 
         Args:
@@ -158,18 +172,24 @@ class PackedConv:
             snake: ``(a, b)``, each ``(in,)``: the conv's input is ``u + sin(u)^2`` with ``u = a x + b``
                 instead of ``x`` (an AdaIN and a Snake whose ``1 / alpha`` the packed weight holds).
             residual: ``(T, out)``, added to the output.
+            out: ``(T, out)`` float32 to write into (may be ``residual``, not ``x``); a new array if None.
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = x.shape[0]
         if x.ndim != 2 or x.shape[1] != self.in_c:
             raise ValueError(f"expected input (T, {self.in_c}), got {x.shape}")
         a, b = snake if snake is not None else (None, None)
-        out = np.empty((t, self.out_c), np.float32)
+        if out is None:
+            out = np.empty((t, self.out_c), np.float32)
+        elif np.shares_memory(out, x):
+            raise ValueError("out must not overlap the input")
+        _ptr(out, (t, self.out_c))
         pad = self.dilation * (self.k - 1) // 2
+        scratch = _scratch(self._lib.mst_s8_scratch_size(t, self.in_c, self.k, self.dilation))
         err = self._lib.mst_s8_conv1d(
             x, t, self.in_c, _ptr(a, (self.in_c,)), _ptr(b, (self.in_c,)), self.packed, self.scale, self.wsum,
             _ptr(self.bias, (self.out_c,)), _ptr(residual, (t, self.out_c)), self.out_c, self.k, self.dilation,
-            pad, out, int(threads),
+            pad, out, int(threads), scratch.ctypes.data,
         )
         if err:
             raise MemoryError("int8 conv: out of memory for the scratch buffer")

@@ -222,15 +222,22 @@ static void run_parts(void *(*fn)(void *), void *parts, size_t size, int n) {
     }
 }
 
-/* out (T, O) = conv(input, packed weight) + bias (+ residual (T, O)), "same" padding ``pad``. The input
- * is x (T, C), or with pre_a / pre_b (C,) the snake of a x + b (see load_input). Returns 0, or -1 when
- * the scratch buffer cannot be allocated. */
+/* Bytes of scratch that mst_s8_conv1d needs for these sizes. */
+long mst_s8_scratch_size(int t, int in_c, int k, int dilation) {
+    return (long)(t + (k - 1) * dilation + RB) * round_up(in_c, 4);
+}
+
+/* out (T, O) = conv(input, packed weight) + bias (+ residual (T, O), which may be ``out`` itself),
+ * "same" padding ``pad``. The input is x (T, C), or with pre_a / pre_b (C,) the snake of a x + b (see
+ * load_input). ``scratch`` (mst_s8_scratch_size bytes, or NULL to allocate here) holds the quantized
+ * input: reused by the caller, it saves the page faults of a fresh buffer per call. Returns 0, or -1
+ * when the scratch buffer cannot be allocated. */
 int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const float *pre_b, const int8_t *packed,
                   const float *wscale, const int32_t *wsum, const float *bias, const float *residual, int out_c,
-                  int k, int dilation, int pad, float *out, int threads) {
+                  int k, int dilation, int pad, float *out, int threads, uint8_t *scratch) {
     int cp = round_up(in_c, 4);
     int rows = t + (k - 1) * dilation + RB; /* + RB: the last tile may read past the end */
-    uint8_t *q = aligned_alloc(64, (size_t)round_up(rows * cp, 64));
+    uint8_t *q = scratch ? scratch : malloc((size_t)rows * cp);
     if (!q) return -1;
     if (threads < 1) threads = 1;
     if (threads > 8) threads = 8;
@@ -265,7 +272,7 @@ int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const flo
         cj[i] = (conv_job){q, packed, wsum, wscale, bias, residual, t, out_c, k, dilation, cp, zp, scale, out, r0, r1};
     }
     run_parts(conv_rows, cj, sizeof cj[0], threads);
-    free(q);
+    if (!scratch) free(q);
     return 0;
 }
 

@@ -415,12 +415,14 @@ class AdaINResBlock1(nn.Module):
         mx.eval(x, styles)
         styles = [np.asarray(st[0], np.float64) for st in styles]
         threads = _blas.blas_threads()
-        h = np.ascontiguousarray(np.asarray(x[0]), np.float32)
+        h = np.array(x[0], np.float32)  # a copy: updated in place below
+        xt = np.empty_like(h)
         steps = zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2,
                     styles[: len(self.convs1)], styles[len(self.convs1):])
         for c1, c2, n1, n2, a1, a2, s1, s2 in steps:
-            xt = c1.int8(h, threads, snake=self._snake_args(h, s1, n1, np.asarray(a1, np.float64), norm))
-            h = c2.int8(xt, threads, snake=self._snake_args(xt, s2, n2, np.asarray(a2, np.float64), norm), residual=h)
+            c1.int8(h, threads, snake=self._snake_args(h, s1, n1, np.asarray(a1, np.float64), norm), out=xt)
+            args = self._snake_args(xt, s2, n2, np.asarray(a2, np.float64), norm)
+            c2.int8(xt, threads, snake=args, residual=h, out=h)  # h += conv2(snake(AdaIN(xt)))
         return mx.array(h[None]).astype(x.dtype)
 
     def __call__(self, x: mx.array, s: mx.array, norm: NormStats | None = None) -> mx.array:
