@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -102,14 +103,14 @@ def int8_conv() -> ctypes.CDLL | None:
     lib.mst_s8_pack.restype = None
     vp = ctypes.c_void_p  # optional arrays: None or a pointer
     lib.mst_s8_conv1d.argtypes = [
-        _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int, vp,
+        _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int, vp, vp,
     ]
     lib.mst_s8_scratch_size.argtypes = [c_int, c_int, c_int, c_int]
     lib.mst_s8_scratch_size.restype = ctypes.c_long
     lib.mst_s8_conv1d.restype = c_int
     f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
-    lib.mst_channel_sums.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p]
-    lib.mst_channel_sums.restype = None
+    lib.mst_channel_stats.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p, _f32p, _f32p]
+    lib.mst_channel_stats.restype = None
     return lib
 
 
@@ -122,17 +123,30 @@ def _ptr(a: np.ndarray | None, shape: tuple[int, ...]) -> int | None:
     return a.ctypes.data
 
 
-def channel_sums(x: np.ndarray, lo: int = 0, hi: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per channel of ``x`` ``(T, C)`` float32: sum and sum of squares over all rows, then over rows
-    ``[lo, hi)`` (float64). Needs :func:`int8_conv`."""
+@dataclass
+class ChannelStats:
+    """Per-channel statistics of a sequence ``(T, C)`` (:func:`channel_stats`); sums in float64."""
+
+    total: np.ndarray  #: sum over all rows
+    squares: np.ndarray  #: sum of squares over all rows
+    core_total: np.ndarray  #: sum over rows [lo, hi)
+    core_squares: np.ndarray  #: sum of squares over rows [lo, hi)
+    low: np.ndarray  #: min over all rows (float32)
+    high: np.ndarray  #: max over all rows (float32)
+
+
+def channel_stats(x: np.ndarray, lo: int = 0, hi: int = 0) -> ChannelStats:
+    """One pass over ``x`` ``(T, C)`` float32: the sums an instance norm needs (also over the rows
+    ``[lo, hi)``) and each channel's range. Needs :func:`int8_conv`."""
     lib = int8_conv()
     if lib is None:
         raise RuntimeError("the int8 conv kernel is not available on this machine")
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
-    out = [np.empty(c, np.float64) for _ in range(4)]
-    lib.mst_channel_sums(x, x.shape[0], c, int(lo), int(hi), *out)
-    return out[0], out[1], out[2], out[3]
+    sums = [np.empty(c, np.float64) for _ in range(4)]
+    low, high = np.empty(c, np.float32), np.empty(c, np.float32)
+    lib.mst_channel_stats(x, x.shape[0], c, int(lo), int(hi), *sums, low, high)
+    return ChannelStats(*sums, low, high)
 
 
 _local = threading.local()
@@ -164,7 +178,8 @@ class PackedConv:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     def __call__(self, x: np.ndarray, threads: int = 1, snake: tuple[np.ndarray, np.ndarray] | None = None,
-                 residual: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+                 residual: np.ndarray | None = None, out: np.ndarray | None = None,
+                 value_range: tuple[float, float] | None = None) -> np.ndarray:
         """x ``(T, in)`` float32 -> ``(T, out)``, "same" padding.
 
         Args:
@@ -173,6 +188,8 @@ class PackedConv:
                 instead of ``x`` (an AdaIN and a Snake whose ``1 / alpha`` the packed weight holds).
             residual: ``(T, out)``, added to the output.
             out: ``(T, out)`` float32 to write into (may be ``residual``, not ``x``); a new array if None.
+            value_range: the input's (min, max) (after ``snake``) if known, e.g. from
+                :func:`snake_range`: saves a pass over it. Values outside are clipped.
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = x.shape[0]
@@ -190,7 +207,17 @@ class PackedConv:
             x, t, self.in_c, _ptr(a, (self.in_c,)), _ptr(b, (self.in_c,)), self.packed, self.scale, self.wsum,
             _ptr(self.bias, (self.out_c,)), _ptr(residual, (t, self.out_c)), self.out_c, self.k, self.dilation,
             pad, out, int(threads), scratch.ctypes.data,
+            None if value_range is None else (ctypes.c_float * 2)(*value_range),
         )
         if err:
             raise MemoryError("int8 conv: out of memory for the scratch buffer")
         return out
+
+
+def snake_range(stats: ChannelStats, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Exact (min, max) of ``u + sin(u)^2`` with ``u = a x + b`` per channel, from ``x``'s channel ranges:
+    the snake never decreases (its slope is ``1 + sin 2u >= 0``), so its extremes are at u's."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    u1, u2 = a64 * stats.low + b64, a64 * stats.high + b64
+    lo, hi = np.minimum(u1, u2), np.maximum(u1, u2)
+    return float((lo + np.sin(lo) ** 2).min()), float((hi + np.sin(hi) ** 2).max())

@@ -140,16 +140,18 @@ def test_no_compiler_or_unreadable_source_means_no_kernel(monkeypatch, tmp_path)
 
 
 @needs_kernel
-def test_channel_sums_and_numpy_norm_stats_match_mlx():
+def test_channel_stats_and_numpy_norm_stats_match_mlx():
     from mlx_stream_tts.models.istftnet import NormStats
 
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((120, 20)) * 2 + 1).astype(np.float32)
-    total, squares, core, core_sq = _native.channel_sums(x, 30, 90)
-    np.testing.assert_allclose(total, x.sum(0, dtype=np.float64), rtol=1e-9)
-    np.testing.assert_allclose(squares, (x.astype(np.float64) ** 2).sum(0), rtol=1e-9)
-    np.testing.assert_allclose(core, x[30:90].sum(0, dtype=np.float64), rtol=1e-9)
-    np.testing.assert_allclose(core_sq, (x[30:90].astype(np.float64) ** 2).sum(0), rtol=1e-9)
+    st = _native.channel_stats(x, 30, 90)
+    np.testing.assert_allclose(st.total, x.sum(0, dtype=np.float64), rtol=1e-9)
+    np.testing.assert_allclose(st.squares, (x.astype(np.float64) ** 2).sum(0), rtol=1e-9)
+    np.testing.assert_allclose(st.core_total, x[30:90].sum(0, dtype=np.float64), rtol=1e-9)
+    np.testing.assert_allclose(st.core_squares, (x[30:90].astype(np.float64) ** 2).sum(0), rtol=1e-9)
+    np.testing.assert_array_equal(st.low, x.min(0))
+    np.testing.assert_array_equal(st.high, x.max(0))
     # Two windows of 10 frames (12 rows per frame): the second pools the first's core.
     first_mx, first_np = NormStats(0, 6, 10), NormStats(0, 6, 10)
     for a, b in [(first_mx(mx.array(x[None])), first_np.numpy_stats(x))]:
@@ -185,3 +187,22 @@ def test_fused_snake_and_residual_match_the_separate_steps():
     np.testing.assert_allclose(fused, conv_ref(snake, w, None, 2) + res, atol=0.05 * np.abs(separate).max())
     with pytest.raises(ValueError, match="shape"):
         conv(x, 1, residual=res[:10])
+
+
+@needs_kernel
+def test_snake_range_is_the_exact_range_and_matches_the_measured_pass():
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((500, 33)) * 4).astype(np.float32)
+    a = rng.uniform(-2, 2, 33).astype(np.float32)  # negative scales swap a channel's ends
+    b = rng.standard_normal(33).astype(np.float32)
+    u = x.astype(np.float64) * a + b
+    v = u + np.sin(u) ** 2
+    lo, hi = _native.snake_range(_native.channel_stats(x), a, b)
+    assert lo == pytest.approx(v.min(), abs=1e-5) and hi == pytest.approx(v.max(), abs=1e-5)
+    w = (rng.standard_normal((40, 3, 33)) * 0.1).astype(np.float32)
+    conv = _native.PackedConv(w, None, 1)
+    measured = conv(x, 2, snake=(a, b))
+    given = conv(x, 2, snake=(a, b), value_range=(lo, hi))
+    # The same grid up to float rounding of the range: at most one quantization step apart per input.
+    step = (max(hi, 0) - min(lo, 0)) / 255
+    assert np.abs(given - measured).max() <= step * np.abs(w).reshape(40, -1).sum(1).max()

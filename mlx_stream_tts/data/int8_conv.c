@@ -76,9 +76,12 @@ static inline __m512 sin_squared(__m512 t) {
 /* The conv's input, 16 channels from c: x, or with pre_a the snake u + sin(u)^2 of u = a x + b
  * (per channel; the snake's 1 / alpha is folded into the packed weight by the caller). */
 static inline __m512 load_input(const float *row, const float *pre_a, const float *pre_b, int c, __mmask16 m) {
-    __m512 v = _mm512_maskz_loadu_ps(m, row + c);
+    /* Masked memory operations are slow on some CPUs (AMD Zen 4): only the channel tail uses them. */
+    __m512 v = m == 0xFFFF ? _mm512_loadu_ps(row + c) : _mm512_maskz_loadu_ps(m, row + c);
     if (!pre_a) return v;
-    __m512 u = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, pre_a + c), _mm512_maskz_loadu_ps(m, pre_b + c));
+    __m512 a = m == 0xFFFF ? _mm512_loadu_ps(pre_a + c) : _mm512_maskz_loadu_ps(m, pre_a + c);
+    __m512 b = m == 0xFFFF ? _mm512_loadu_ps(pre_b + c) : _mm512_maskz_loadu_ps(m, pre_b + c);
+    __m512 u = _mm512_fmadd_ps(v, a, b);
     return _mm512_maskz_add_ps(m, u, sin_squared(u));
 }
 
@@ -120,7 +123,8 @@ static void quantize_rows(const quant_job *job, int r0, int r1) {
             __m512 v = load_input(src, job->pre_a, job->pre_b, c, m);
             __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), zp);
             q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-            _mm_mask_storeu_epi8(dst + c, m, _mm512_cvtepi32_epi8(q));
+            if (m == 0xFFFF) _mm_storeu_si128((__m128i *)(dst + c), _mm512_cvtepi32_epi8(q));
+            else _mm_mask_storeu_epi8(dst + c, m, _mm512_cvtepi32_epi8(q));
         }
         /* channel padding: its weights are 0, any value will do; keep it defined */
         for (int c = job->in_c; c < job->cp; ++c) dst[c] = (uint8_t)job->zp;
@@ -176,9 +180,13 @@ static inline void tile(const conv_job *job, int r, int ob) {
         __m512 bi = job->bias ? _mm512_maskz_loadu_ps(m, job->bias + o) : _mm512_setzero_ps();
         for (int i = 0; i < rows; ++i) {
             size_t at = (size_t)(r + i) * job->out_c + o;
-            __m512 add = job->residual ? _mm512_add_ps(bi, _mm512_maskz_loadu_ps(m, job->residual + at)) : bi;
+            __m512 add = bi;
+            if (job->residual)
+                add = _mm512_add_ps(bi, n == 16 ? _mm512_loadu_ps(job->residual + at)
+                                                : _mm512_maskz_loadu_ps(m, job->residual + at));
             __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], corr)), sc, add);
-            _mm512_mask_storeu_ps(job->out + at, m, y);
+            if (n == 16) _mm512_storeu_ps(job->out + at, y);
+            else _mm512_mask_storeu_ps(job->out + at, m, y);
         }
     }
 }
@@ -186,9 +194,10 @@ static inline void tile(const conv_job *job, int r, int ob) {
 static void *conv_rows(void *arg) {
     const conv_job *job = arg;
     int blocks = round_up(job->out_c, OB) / OB;
-    /* Output blocks outermost: that block's weights stay in L1/L2 while the rows stream past. */
-    for (int ob = 0; ob < blocks; ++ob)
-        for (int r = job->r0; r < job->r1; r += RB) tile(job, r, ob);
+    /* Rows outermost: each quantized row is read from memory once and each output row written whole;
+     * the weights of all blocks (at most ~0.7 MB here) stay in L2. */
+    for (int r = job->r0; r < job->r1; r += RB)
+        for (int ob = 0; ob < blocks; ++ob) tile(job, r, ob);
     return NULL;
 }
 
@@ -230,11 +239,13 @@ long mst_s8_scratch_size(int t, int in_c, int k, int dilation) {
 /* out (T, O) = conv(input, packed weight) + bias (+ residual (T, O), which may be ``out`` itself),
  * "same" padding ``pad``. The input is x (T, C), or with pre_a / pre_b (C,) the snake of a x + b (see
  * load_input). ``scratch`` (mst_s8_scratch_size bytes, or NULL to allocate here) holds the quantized
- * input: reused by the caller, it saves the page faults of a fresh buffer per call. Returns 0, or -1
- * when the scratch buffer cannot be allocated. */
+ * input: reused by the caller, it saves the page faults of a fresh buffer per call. ``range`` (min,
+ * max of the input), when given, saves a pass over it: the snake u + sin(u)^2 never decreases, so its
+ * extremes follow from each channel's min and max of x (mst_channel_stats). Returns 0, or -1 when the
+ * scratch buffer cannot be allocated. */
 int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const float *pre_b, const int8_t *packed,
                   const float *wscale, const int32_t *wsum, const float *bias, const float *residual, int out_c,
-                  int k, int dilation, int pad, float *out, int threads, uint8_t *scratch) {
+                  int k, int dilation, int pad, float *out, int threads, uint8_t *scratch, const float *range) {
     int cp = round_up(in_c, 4);
     int rows = t + (k - 1) * dilation + RB; /* + RB: the last tile may read past the end */
     uint8_t *q = scratch ? scratch : malloc((size_t)rows * cp);
@@ -249,11 +260,16 @@ int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const flo
         int r0 = i * per < t ? i * per : t, r1 = (i + 1) * per < t ? (i + 1) * per : t;
         qp[i] = (quant_part){&qj, r0, r1, 1, qj};
     }
-    run_parts(quant_rows, qp, sizeof qp[0], threads);
     float lo = 0.0f, hi = 0.0f;
-    for (int i = 0; i < threads; ++i) {
-        lo = fminf(lo, qp[i].own.lo);
-        hi = fmaxf(hi, qp[i].own.hi);
+    if (range) { /* known from the caller (exact for the snake: see mst_s8_conv1d's comment) */
+        lo = fminf(lo, range[0]);
+        hi = fmaxf(hi, range[1]);
+    } else {
+        run_parts(quant_rows, qp, sizeof qp[0], threads);
+        for (int i = 0; i < threads; ++i) {
+            lo = fminf(lo, qp[i].own.lo);
+            hi = fmaxf(hi, qp[i].own.hi);
+        }
     }
     float scale = (hi - lo) / 255.0f;
     if (!(scale > 0.0f) || !isfinite(scale)) scale = 1.0f;
@@ -277,22 +293,29 @@ int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const flo
 }
 
 /* Per channel of x (T, C): sums and sums of squares over all rows (sum, sq) and over rows [lo, hi)
- * (core_sum, core_sq), in double: the instance norms' statistics. */
-void mst_channel_sums(const float *x, int t, int c, int lo, int hi, double *sum, double *sq, double *core_sum,
-                      double *core_sq) {
+ * (core_sum, core_sq), in double (the instance norms' statistics), and min and max over all rows. */
+void mst_channel_stats(const float *x, int t, int c, int lo, int hi, double *sum, double *sq, double *core_sum,
+                       double *core_sq, float *xmin, float *xmax) {
     memset(sum, 0, sizeof(double) * c);
     memset(sq, 0, sizeof(double) * c);
     memset(core_sum, 0, sizeof(double) * c);
     memset(core_sq, 0, sizeof(double) * c);
+    for (int i = 0; i < c; ++i) {
+        xmin[i] = t > 0 ? x[i] : 0.0f;
+        xmax[i] = t > 0 ? x[i] : 0.0f;
+    }
     int bounds[4] = {0, lo < 0 ? 0 : (lo > t ? t : lo), hi < lo ? lo : (hi > t ? t : hi), t};
     for (int part = 0; part < 3; ++part) {
         double *s = part == 1 ? core_sum : sum, *q = part == 1 ? core_sq : sq;
         for (int r = bounds[part]; r < bounds[part + 1]; ++r) {
             const float *row = x + (size_t)r * c;
             for (int i = 0; i < c; ++i) {
-                double v = row[i];
+                float f = row[i];
+                double v = f;
                 s[i] += v;
                 q[i] += v * v;
+                xmin[i] = f < xmin[i] ? f : xmin[i];
+                xmax[i] = f > xmax[i] ? f : xmax[i];
             }
         }
     }

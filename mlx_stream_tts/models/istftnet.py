@@ -291,18 +291,25 @@ class NormStats:
         mean = (s0 + x.sum(axis=1, keepdims=True)) / n
         return mean, mx.maximum((q0 + (x * x).sum(axis=1, keepdims=True)) / n - mean * mean, 0.0)
 
-    def numpy_stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`__call__` for one sequence ``(L, C)`` in NumPy (the 8-bit path), in float64."""
+    def core_rows(self, rows: int) -> tuple[int, int]:
+        """The core ``[lo, hi)`` in rows of a layer whose input has ``rows`` rows."""
+        per = rows // self.frames  # rows per frame at this layer's rate
+        return min(self.lo * per, rows), min(self.hi * per, rows)
+
+    def numpy_stats(self, x: np.ndarray, stats: _native.ChannelStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`__call__` for one sequence ``(L, C)`` in NumPy (the 8-bit path), in float64.
+
+        ``stats``: ``x``'s channel statistics over :meth:`core_rows`, if already computed.
+        """
         rows = x.shape[0]
-        per = rows // self.frames
-        lo, hi = min(self.lo * per, rows), min(self.hi * per, rows)
-        total, squares, c_sum, c_sq = _native.channel_sums(x, lo, hi)
+        lo, hi = self.core_rows(rows)
+        st = stats if stats is not None else _native.channel_stats(x, lo, hi)
         n0, s0, q0 = self.prior[len(self.totals)] if self.prior else (0, 0.0, 0.0)
         s0, q0 = np.asarray(s0, np.float64).reshape(-1), np.asarray(q0, np.float64).reshape(-1)
-        self.totals.append((n0 + hi - lo, s0 + c_sum, q0 + c_sq))
+        self.totals.append((n0 + hi - lo, s0 + st.core_total, q0 + st.core_squares))
         n = n0 + rows
-        mean = (s0 + total) / n
-        return mean, np.maximum((q0 + squares) / n - mean * mean, 0.0)
+        mean = (s0 + st.total) / n
+        return mean, np.maximum((q0 + st.squares) / n - mean * mean, 0.0)
 
 
 class AdaIN1d(nn.Module):
@@ -393,41 +400,52 @@ class AdaINResBlock1(nn.Module):
         return all(packed)
 
     def _snake_args(self, x: np.ndarray, style: np.ndarray, adain: AdaIN1d, alpha: np.ndarray,
-                    norm: NormStats | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(a, b)`` with ``alpha * snake(AdaIN(x), alpha) = u + sin(u)^2``, ``u = a x + b`` (NumPy)."""
+                    norm: NormStats | None) -> dict:
+        """The kernel's arguments for ``alpha * snake(AdaIN(x), alpha) = u + sin(u)^2``, ``u = a x + b``
+        (NumPy): ``snake=(a, b)`` and the exact range of the result (one pass over ``x`` in all)."""
         if norm is None:
-            total, squares, _, _ = _native.channel_sums(x)
-            mean = total / x.shape[0]
-            var = np.maximum(squares / x.shape[0] - mean * mean, 0.0)
+            st = _native.channel_stats(x)
+            mean = st.total / x.shape[0]
+            var = np.maximum(st.squares / x.shape[0] - mean * mean, 0.0)
         else:
-            mean, var = norm.numpy_stats(x)
+            st = _native.channel_stats(x, *norm.core_rows(x.shape[0]))
+            mean, var = norm.numpy_stats(x, st)
         gamma, beta = np.split(style, 2)
         inv = np.asarray(adain.norm.weight) / np.sqrt(var + adain.norm.eps)
         scale = inv * (1 + gamma)
         shift = (np.asarray(adain.norm.bias) - mean * inv) * (1 + gamma) + beta
-        return (scale * alpha).astype(np.float32), (shift * alpha).astype(np.float32)
+        a, b = (scale * alpha).astype(np.float32), (shift * alpha).astype(np.float32)
+        return {"snake": (a, b), "value_range": _native.snake_range(st, a, b)}
 
-    def _int8_call(self, x: mx.array, s: mx.array, norm: NormStats | None) -> mx.array:
-        # The whole block in the 8-bit kernel: each AdaIN + Snake runs fused into the conv after it
-        # (as the kernel quantizes its input), and the residual add in that conv's output. MLX's
-        # elementwise CPU kernels are single-threaded and cost 3x the 8-bit convs themselves.
+    @property
+    def is_int8(self) -> bool:
+        return self.convs1[0].int8 is not None and mx.default_device() == mx.cpu
+
+    def run_int8(self, h: np.ndarray, s: mx.array, norm: NormStats | None = None,
+                 scratch: np.ndarray | None = None) -> np.ndarray:
+        """The block on the 8-bit kernel, for one sequence ``h`` ``(L, C)`` float32, updated in place.
+
+        Each AdaIN + Snake runs fused into the conv after it (as the kernel quantizes its input) and
+        the residual add in that conv's output: MLX's elementwise CPU kernels are single-threaded and
+        cost more than the 8-bit convs themselves. ``scratch``: a buffer like ``h`` to reuse.
+        """
         styles = [n.fc(s) for n in (*self.adain1, *self.adain2)]
-        mx.eval(x, styles)
+        mx.eval(styles)
         styles = [np.asarray(st[0], np.float64) for st in styles]
         threads = _blas.blas_threads()
-        h = np.array(x[0], np.float32)  # a copy: updated in place below
-        xt = np.empty_like(h)
+        xt = scratch if scratch is not None else np.empty_like(h)
         steps = zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2,
                     styles[: len(self.convs1)], styles[len(self.convs1):])
         for c1, c2, n1, n2, a1, a2, s1, s2 in steps:
-            c1.int8(h, threads, snake=self._snake_args(h, s1, n1, np.asarray(a1, np.float64), norm), out=xt)
+            c1.int8(h, threads, out=xt, **self._snake_args(h, s1, n1, np.asarray(a1, np.float64), norm))
             args = self._snake_args(xt, s2, n2, np.asarray(a2, np.float64), norm)
-            c2.int8(xt, threads, snake=args, residual=h, out=h)  # h += conv2(snake(AdaIN(xt)))
-        return mx.array(h[None]).astype(x.dtype)
+            c2.int8(xt, threads, residual=h, out=h, **args)  # h += conv2(snake(AdaIN(xt)))
+        return h
 
     def __call__(self, x: mx.array, s: mx.array, norm: NormStats | None = None) -> mx.array:
-        if self.convs1[0].int8 is not None and x.shape[0] == 1 and mx.default_device() == mx.cpu:
-            return self._int8_call(x, s, norm)
+        if self.is_int8 and x.shape[0] == 1:
+            mx.eval(x)
+            return mx.array(self.run_int8(np.array(x[0], np.float32), s, norm)[None]).astype(x.dtype)
         for c1, c2, n1, n2, a1, a2 in zip(self.convs1, self.convs2, self.adain1, self.adain2, self.alpha1, self.alpha2):
             xt = c1(_scaled_snake(x, *n1.scale_shift(x, s, norm), a1), 1 / a1)
             xt = c2(_scaled_snake(xt, *n2.scale_shift(xt, s, norm), a2), 1 / a2)
@@ -652,6 +670,8 @@ class Generator(nn.Module):
         harmonic source keeps the sentence's phase; ``norm`` sets the instance-norm statistics.
         """
         har = har.astype(x.dtype)
+        if self.resblocks[0].is_int8 and x.shape[0] == 1:
+            return self._synthesize_int8(x, s, har, norm)
         for i in range(self.num_upsamples):
             x = leaky_relu(x, 0.1)
             x_source = self.noise_res[i](self.noise_convs[i](har), s, norm)
@@ -673,6 +693,33 @@ class Generator(nn.Module):
         spec = mx.exp(x[..., :bins])
         phase = fast_sin(x[..., bins:])
         return self.stft.inverse(spec, phase)
+
+
+    def _synthesize_int8(self, x: mx.array, s: mx.array, har: mx.array, norm: NormStats | None) -> mx.array:
+        """:meth:`synthesize` with the resblocks on the 8-bit kernel, in NumPy between the upsampling
+        convs (no MLX round trip per block)."""
+        for i in range(self.num_upsamples):
+            x = leaky_relu(x, 0.1)
+            source = self.noise_convs[i](har)
+            mx.eval(source)
+            x_source = np.array(source[0], np.float32)
+            x_source = self.noise_res[i].run_int8(x_source, s, norm)
+            x = self.ups[i](x)
+            mx.eval(x)
+            up = np.asarray(x[0])
+            if i == self.num_upsamples - 1:
+                up = np.concatenate([up[1:2], up])  # ReflectionPad1d((1, 0))
+            base = up + x_source  # a new array: the blocks' common input
+            total = np.zeros_like(base)
+            h, scratch = np.empty_like(base), np.empty_like(base)
+            for j in range(self.num_kernels):
+                np.copyto(h, base)
+                total += self.resblocks[i * self.num_kernels + j].run_int8(h, s, norm, scratch)
+            total *= 1.0 / self.num_kernels
+            x = mx.array(total[None])
+        x = self.conv_post(leaky_relu(x, 0.01)).astype(mx.float32)
+        bins = self.post_n_fft // 2 + 1
+        return self.stft.inverse(mx.exp(x[..., :bins]), fast_sin(x[..., bins:]))
 
 
 class Decoder(nn.Module):
