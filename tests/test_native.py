@@ -206,3 +206,22 @@ def test_snake_range_is_the_exact_range_and_matches_the_measured_pass():
     # The same grid up to float rounding of the range: at most one quantization step apart per input.
     step = (max(hi, 0) - min(lo, 0)) / 255
     assert np.abs(given - measured).max() <= step * np.abs(w).reshape(40, -1).sum(1).max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("k,stride,padding,output_padding", [(12, 6, 3, 0), (20, 10, 5, 0), (7, 3, 0, 2), (4, 4, 0, 0)])
+def test_transposed_conv_int8_matches_float(k, stride, padding, output_padding):
+    from mlx_stream_tts.models.istftnet import ConvTranspose1d
+
+    rng = np.random.default_rng(k)
+    up = ConvTranspose1d(32, 16, k, stride=stride, padding=padding, output_padding=output_padding)
+    up.weight = mx.array((rng.standard_normal((16, k, 32)) * 0.1).astype(np.float32))
+    up.bias = mx.array(rng.standard_normal(16).astype(np.float32))
+    x = mx.array(rng.standard_normal((1, 40, 32)).astype(np.float32))
+    ref = np.array(up(x))
+    assert up.pack_int8()
+    y = np.array(up(x))
+    assert y.shape == ref.shape
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.999
+    grouped = ConvTranspose1d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=8)
+    assert grouped.pack_int8() is False
