@@ -453,3 +453,31 @@ def test_real_voice_windowed_needs_no_more_memory_than_oneshot(real_voice):
     # Windows decode fewer frames at a time than one-shot; lazily kept norm statistics once made the
     # windowed peak ~1.35x one-shot's over the whole sentence.
     assert peaks["windowed"] <= 1.05 * peaks["oneshot"], peaks
+
+
+@pytest.mark.slow
+def test_real_voice_precision_switch(real_voice, monkeypatch):
+    from mlx_stream_tts import _native
+
+    engine = real_voice.engine
+    text = "はい、確認します。"
+    try:
+        assert engine.set_precision("float32") == "float32"
+        fp32 = np.concatenate(list(real_voice.synthesize(text, mode="oneshot")))
+        expected = "int8" if _native.int8_conv() is not None else "float32"
+        assert engine.set_precision("auto") == expected
+        auto = np.concatenate(list(real_voice.synthesize(text, mode="oneshot")))
+        assert auto.shape == fp32.shape and np.isfinite(auto).all()
+        # 8-bit convolutions as onnxruntime runs this file: close to float32, not equal.
+        assert aligned_logmel_correlation(fp32, auto) >= 0.95
+        monkeypatch.setenv("MLX_STREAM_TTS_INT8", "0")
+        _native.int8_conv.cache_clear()
+        assert engine.set_precision("auto") == "float32"
+        with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
+            engine.set_precision("int8")
+        with pytest.raises(ValueError, match="precision"):
+            Voice.load(precision="half")
+    finally:
+        monkeypatch.delenv("MLX_STREAM_TTS_INT8", raising=False)
+        _native.int8_conv.cache_clear()
+        engine.set_precision("auto")
