@@ -25,6 +25,8 @@
 
 static inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
+static inline __mmask16 tail_mask(int c, int n) { return n - c >= 16 ? 0xFFFF : (__mmask16)((1u << (n - c)) - 1u); }
+
 /* Size in bytes of the packed weight for (O, K, C). */
 long mst_s8_packed_size(int out_c, int k, int in_c) {
     return (long)round_up(out_c, OB) * k * round_up(in_c, 4);
@@ -33,26 +35,64 @@ long mst_s8_packed_size(int out_c, int k, int in_c) {
 /* Quantize w (O, K, C) float32 to the packed int8 layout; per output channel: scale[o] and
  * wsum[o] = the sum of its int8 weights (for the input's zero point). */
 void mst_s8_pack(const float *w, int out_c, int k, int in_c, int8_t *packed, float *scale, int32_t *wsum) {
-    int cp = round_up(in_c, 4), op = round_up(out_c, OB);
-    memset(packed, 0, (size_t)op * k * cp);
+    int cp = round_up(in_c, 4), op = round_up(out_c, OB), groups = cp / 4;
+    /* First quantized in the weight's own order (vectorised), then moved to the packed order four
+     * bytes (one lane's four input channels) at a time. */
+    int8_t *tmp = calloc((size_t)out_c * k * cp, 1);
+    if (!tmp) { /* no memory for the copy: the same values, element by element */
+        memset(packed, 0, (size_t)op * k * cp);
+        for (int o = 0; o < out_c; ++o) {
+            const float *row = w + (size_t)o * k * in_c;
+            float amax = 0.0f;
+            for (int i = 0; i < k * in_c; ++i) amax = fmaxf(amax, fabsf(row[i]));
+            scale[o] = amax > 0.0f ? amax / 127.0f : 1.0f;
+            wsum[o] = 0;
+            for (int jj = 0; jj < k; ++jj)
+                for (int c = 0; c < in_c; ++c) {
+                    int q = (int)lrintf(row[jj * in_c + c] * (1.0f / scale[o]));
+                    q = q > 127 ? 127 : (q < -127 ? -127 : q);
+                    packed[((((size_t)(o / OB) * k + jj) * groups + c / 4) * OB + o % OB) * 4 + c % 4] = (int8_t)q;
+                    wsum[o] += q;
+                }
+        }
+        return;
+    }
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
     for (int o = 0; o < out_c; ++o) {
         const float *row = w + (size_t)o * k * in_c;
-        float amax = 0.0f;
-        for (int i = 0; i < k * in_c; ++i) amax = fmaxf(amax, fabsf(row[i]));
-        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
-        scale[o] = s;
-        int32_t total = 0;
-        int ob = o / OB, lane = o % OB;
-        for (int j = 0; j < k; ++j)
-            for (int c = 0; c < in_c; ++c) {
-                int q = (int)lrintf(row[j * in_c + c] / s);
-                q = q > 127 ? 127 : (q < -127 ? -127 : q);
-                size_t at = ((((size_t)ob * k + j) * (cp / 4) + c / 4) * OB + lane) * 4 + c % 4;
-                packed[at] = (int8_t)q;
-                total += q;
+        long n = (long)k * in_c, i = 0;
+        __m512 vmax = _mm512_setzero_ps();
+        for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+        float amax = _mm512_reduce_max_ps(vmax);
+        for (; i < n; ++i) amax = fmaxf(amax, fabsf(row[i]));
+        scale[o] = amax > 0.0f ? amax / 127.0f : 1.0f;
+        const __m512 inv = _mm512_set1_ps(1.0f / scale[o]);
+        __m512i total = _mm512_setzero_si512();
+        for (int jj = 0; jj < k; ++jj) {
+            const float *src = row + (size_t)jj * in_c;
+            int8_t *dst = tmp + ((size_t)o * k + jj) * cp;
+            for (int c = 0; c < in_c; c += 16) {
+                __mmask16 m = tail_mask(c, in_c);
+                __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, src + c), inv));
+                q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                total = _mm512_add_epi32(total, q); /* masked lanes are 0 */
+                _mm_mask_storeu_epi8(dst + c, m, _mm512_cvtepi32_epi8(q));
             }
-        wsum[o] = total;
+        }
+        wsum[o] = _mm512_reduce_add_epi32(total);
     }
+    const int32_t *t32 = (const int32_t *)tmp;
+    int32_t *p32 = (int32_t *)packed;
+    for (int ob = 0; ob < op / OB; ++ob)
+        for (int jj = 0; jj < k; ++jj)
+            for (int g = 0; g < groups; ++g)
+                for (int lane = 0; lane < OB; ++lane) {
+                    int o = ob * OB + lane;
+                    int32_t word = 0;
+                    if (o < out_c) memcpy(&word, t32 + ((size_t)o * k + jj) * groups + g, 4);
+                    *p32++ = word;
+                }
+    free(tmp);
 }
 
 /* sin(t)^2 by range reduction to [-pi/2, pi/2] (sin^2 has period pi) and an odd Taylor polynomial of
@@ -84,8 +124,6 @@ static inline __m512 load_input(const float *row, const float *pre_a, const floa
     __m512 u = _mm512_fmadd_ps(v, a, b);
     return _mm512_maskz_add_ps(m, u, sin_squared(u));
 }
-
-static inline __mmask16 tail_mask(int c, int n) { return n - c >= 16 ? 0xFFFF : (__mmask16)((1u << (n - c)) - 1u); }
 
 typedef struct {
     const float *x, *pre_a, *pre_b;

@@ -152,9 +152,12 @@ class Conv1d(nn.Conv1d):
         same = self.stride == 1 and self.padding == self.dilation * (k - 1) // 2 and self.groups == 1
         if not same or _native.int8_conv() is None:
             return False
-        w = self.weight if in_scale is None else self.weight * in_scale
+        mx.eval(self.weight, *([] if in_scale is None else [in_scale]))
+        w = np.asarray(self.weight.astype(mx.float32))  # a view of the loaded weight, no copy
+        if in_scale is not None:
+            w = w * np.asarray(in_scale, np.float32)
         bias = np.array(self["bias"]) if "bias" in self else None
-        self.int8 = _native.PackedConv(np.array(w.astype(mx.float32)), bias, self.dilation)
+        self.int8 = _native.PackedConv(w, bias, self.dilation)
         return True
 
     def _int8_call(self, x: mx.array) -> mx.array:
@@ -234,7 +237,7 @@ class ConvTranspose1d(nn.Module):
         if self.groups != 1 or _native.int8_conv() is None:
             return False
         out_c, k, in_c = self.weight.shape
-        w = np.array(self.weight.astype(mx.float32)).transpose(1, 0, 2).reshape(k * out_c, 1, in_c)
+        w = np.asarray(self.weight.astype(mx.float32)).transpose(1, 0, 2).reshape(k * out_c, 1, in_c)
         self.int8 = _native.PackedConv(w, None, 1)
         return True
 
