@@ -109,8 +109,8 @@ def int8_conv() -> ctypes.CDLL | None:
     lib.mst_s8_scratch_size.restype = ctypes.c_long
     lib.mst_s8_conv1d.restype = c_int
     f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
-    lib.mst_channel_stats.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p, _f32p, _f32p]
-    lib.mst_channel_stats.restype = None
+    lib.mst_channel_stats.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p, _f32p, _f32p, c_int]
+    lib.mst_channel_stats.restype = c_int
     return lib
 
 
@@ -135,9 +135,9 @@ class ChannelStats:
     high: np.ndarray  #: max over all rows (float32)
 
 
-def channel_stats(x: np.ndarray, lo: int = 0, hi: int = 0) -> ChannelStats:
+def channel_stats(x: np.ndarray, lo: int = 0, hi: int = 0, threads: int = 1) -> ChannelStats:
     """One pass over ``x`` ``(T, C)`` float32: the sums an instance norm needs (also over the rows
-    ``[lo, hi)``) and each channel's range. Needs :func:`int8_conv`."""
+    ``[lo, hi)``) and each channel's range, rows split over ``threads``. Needs :func:`int8_conv`."""
     lib = int8_conv()
     if lib is None:
         raise RuntimeError("the int8 conv kernel is not available on this machine")
@@ -145,7 +145,8 @@ def channel_stats(x: np.ndarray, lo: int = 0, hi: int = 0) -> ChannelStats:
     c = x.shape[1]
     sums = [np.empty(c, np.float64) for _ in range(4)]
     low, high = np.empty(c, np.float32), np.empty(c, np.float32)
-    lib.mst_channel_stats(x, x.shape[0], c, int(lo), int(hi), *sums, low, high)
+    if lib.mst_channel_stats(x, x.shape[0], c, int(lo), int(hi), *sums, low, high, int(threads)):
+        raise MemoryError("channel_stats: out of memory")
     return ChannelStats(*sums, low, high)
 
 

@@ -145,13 +145,18 @@ def test_channel_stats_and_numpy_norm_stats_match_mlx():
 
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((120, 20)) * 2 + 1).astype(np.float32)
-    st = _native.channel_stats(x, 30, 90)
-    np.testing.assert_allclose(st.total, x.sum(0, dtype=np.float64), rtol=1e-9)
-    np.testing.assert_allclose(st.squares, (x.astype(np.float64) ** 2).sum(0), rtol=1e-9)
-    np.testing.assert_allclose(st.core_total, x[30:90].sum(0, dtype=np.float64), rtol=1e-9)
-    np.testing.assert_allclose(st.core_squares, (x[30:90].astype(np.float64) ** 2).sum(0), rtol=1e-9)
-    np.testing.assert_array_equal(st.low, x.min(0))
-    np.testing.assert_array_equal(st.high, x.max(0))
+    big = (rng.standard_normal((5000, 20)) * 2 + 1).astype(np.float32)  # large enough for threads
+    for data, lo, hi, threads in [(x, 30, 90, 1), (big, 1000, 4100, 2), (big, 0, 5000, 3), (big, 4000, 9000, 2)]:
+        st = _native.channel_stats(data, lo, hi, threads)
+        core = data[lo:hi].astype(np.float64)
+        np.testing.assert_allclose(st.total, data.sum(0, dtype=np.float64), rtol=1e-9)
+        np.testing.assert_allclose(st.squares, (data.astype(np.float64) ** 2).sum(0), rtol=1e-9)
+        np.testing.assert_allclose(st.core_total, core.sum(0), rtol=1e-9)
+        np.testing.assert_allclose(st.core_squares, (core ** 2).sum(0), rtol=1e-9)
+        np.testing.assert_array_equal(st.low, data.min(0))
+        np.testing.assert_array_equal(st.high, data.max(0))
+    empty = _native.channel_stats(np.zeros((0, 4), np.float32))
+    assert not empty.total.any() and not empty.low.any() and not empty.high.any()
     # Two windows of 10 frames (12 rows per frame): the second pools the first's core.
     first_mx, first_np = NormStats(0, 6, 10), NormStats(0, 6, 10)
     for a, b in [(first_mx(mx.array(x[None])), first_np.numpy_stats(x))]:

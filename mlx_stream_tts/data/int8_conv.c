@@ -330,35 +330,79 @@ int mst_s8_conv1d(const float *x, int t, int in_c, const float *pre_a, const flo
     return 0;
 }
 
-/* Per channel of x (T, C): sums and sums of squares over all rows (sum, sq) and over rows [lo, hi)
- * (core_sum, core_sq), in double (the instance norms' statistics), and min and max over all rows. */
-void mst_channel_stats(const float *x, int t, int c, int lo, int hi, double *sum, double *sq, double *core_sum,
-                       double *core_sq, float *xmin, float *xmax) {
-    memset(sum, 0, sizeof(double) * c);
-    memset(sq, 0, sizeof(double) * c);
-    memset(core_sum, 0, sizeof(double) * c);
-    memset(core_sq, 0, sizeof(double) * c);
+typedef struct {
+    const float *x;
+    int c, r0, r1, lo, hi;
+    double *acc; /* 4 x c: sum and squares outside [lo, hi), then inside */
+    float *xmin, *xmax;
+} stats_part;
+
+static void *stats_rows(void *arg) {
+    stats_part *p = arg;
+    int c = p->c;
+    memset(p->acc, 0, sizeof(double) * 4 * c);
     for (int i = 0; i < c; ++i) {
-        xmin[i] = t > 0 ? x[i] : 0.0f;
-        xmax[i] = t > 0 ? x[i] : 0.0f;
+        p->xmin[i] = INFINITY;
+        p->xmax[i] = -INFINITY;
     }
-    int bounds[4] = {0, lo < 0 ? 0 : (lo > t ? t : lo), hi < lo ? lo : (hi > t ? t : hi), t};
-    for (int part = 0; part < 3; ++part) {
-        double *s = part == 1 ? core_sum : sum, *q = part == 1 ? core_sq : sq;
-        for (int r = bounds[part]; r < bounds[part + 1]; ++r) {
-            const float *row = x + (size_t)r * c;
-            for (int i = 0; i < c; ++i) {
-                float f = row[i];
-                double v = f;
-                s[i] += v;
-                q[i] += v * v;
-                xmin[i] = f < xmin[i] ? f : xmin[i];
-                xmax[i] = f > xmax[i] ? f : xmax[i];
-            }
+    for (int r = p->r0; r < p->r1; ++r) {
+        const float *row = p->x + (size_t)r * c;
+        double *s = p->acc + (r >= p->lo && r < p->hi ? 2 * c : 0), *q = s + c;
+        for (int i = 0; i < c; ++i) {
+            float f = row[i];
+            double v = f;
+            s[i] += v;
+            q[i] += v * v;
+            p->xmin[i] = f < p->xmin[i] ? f : p->xmin[i];
+            p->xmax[i] = f > p->xmax[i] ? f : p->xmax[i];
         }
     }
-    for (int i = 0; i < c; ++i) {
-        sum[i] += core_sum[i];
-        sq[i] += core_sq[i];
+    return NULL;
+}
+
+/* Per channel of x (T, C): sums and sums of squares over all rows (sum, sq) and over rows [lo, hi)
+ * (core_sum, core_sq), in double (the instance norms' statistics), and min and max over all rows
+ * (0 when T is 0). Rows split over ``threads``. Returns 0, or -1 without memory for the partial sums. */
+int mst_channel_stats(const float *x, int t, int c, int lo, int hi, double *sum, double *sq, double *core_sum,
+                      double *core_sq, float *xmin, float *xmax, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > 8) threads = 8;
+    if ((long)t * c < 65536) threads = 1;
+    double *acc = malloc(sizeof(double) * 4 * c * threads);
+    float *ext = malloc(sizeof(float) * 2 * c * threads);
+    if (!acc || !ext) {
+        free(acc);
+        free(ext);
+        return -1;
     }
+    stats_part parts[8];
+    int per = (t + threads - 1) / threads;
+    for (int i = 0; i < threads; ++i) {
+        int r0 = i * per < t ? i * per : t, r1 = (i + 1) * per < t ? (i + 1) * per : t;
+        parts[i] = (stats_part){x, c, r0, r1, lo, hi, acc + (size_t)4 * c * i, ext + (size_t)2 * c * i,
+                                ext + (size_t)2 * c * i + c};
+    }
+    run_parts(stats_rows, parts, sizeof parts[0], threads);
+    for (int i = 0; i < c; ++i) {
+        double so = 0, qo = 0, si = 0, qi = 0;
+        float mn = INFINITY, mx = -INFINITY;
+        for (int p = 0; p < threads; ++p) {
+            const double *a = parts[p].acc;
+            so += a[i];
+            qo += a[c + i];
+            si += a[2 * c + i];
+            qi += a[3 * c + i];
+            mn = fminf(mn, parts[p].xmin[i]);
+            mx = fmaxf(mx, parts[p].xmax[i]);
+        }
+        sum[i] = so + si;
+        sq[i] = qo + qi;
+        core_sum[i] = si;
+        core_sq[i] = qi;
+        xmin[i] = t > 0 ? mn : 0.0f;
+        xmax[i] = t > 0 ? mx : 0.0f;
+    }
+    free(acc);
+    free(ext);
+    return 0;
 }

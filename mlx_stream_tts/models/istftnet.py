@@ -458,12 +458,13 @@ class AdaINResBlock1(nn.Module):
                     norm: NormStats | None) -> dict:
         """The kernel's arguments for ``alpha * snake(AdaIN(x), alpha) = u + sin(u)^2``, ``u = a x + b``
         (NumPy): ``snake=(a, b)`` and the exact range of the result (one pass over ``x`` in all)."""
+        threads = _blas.blas_threads()
         if norm is None:
-            st = _native.channel_stats(x)
+            st = _native.channel_stats(x, threads=threads)
             mean = st.total / x.shape[0]
             var = np.maximum(st.squares / x.shape[0] - mean * mean, 0.0)
         else:
-            st = _native.channel_stats(x, *norm.core_rows(x.shape[0]))
+            st = _native.channel_stats(x, *norm.core_rows(x.shape[0]), threads=threads)
             mean, var = norm.numpy_stats(x, st)
         gamma, beta = np.split(style, 2)
         inv = np.asarray(adain.norm.weight) / np.sqrt(var + adain.norm.eps)
