@@ -125,6 +125,7 @@ class MlxEngine:
             dec.unpack_int8()
             raise RuntimeError("the decoder has a convolution the int8 kernel cannot run")
         self.precision = "int8"
+        logger.info("voice: decoder convolutions in 8 bits (AVX-512 VNNI kernel)")
         return self.precision
 
     def predict(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Prosody:
