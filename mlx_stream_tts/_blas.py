@@ -6,9 +6,10 @@ the standard names (``sgemm_``, ``cblas_sgemm``) into the global symbol scope *b
 first imported makes the dynamic linker bind MLX's BLAS calls to it. This module must therefore run
 before anything imports ``mlx``; ``mlx_stream_tts/__init__.py`` calls :func:`ensure_fast_blas` first.
 
-One-row products (decoding steps) go through a tiny C shim, data/gemv_shim.c, compiled once into the
+One-row products (decoding steps) go through a small C shim, data/gemv_shim.c, compiled once into the
 cache when a C compiler exists (``MLX_STREAM_TTS_GEMV=0`` turns it off): it binds MLX's ``cblas_sgemm``
-and hands those products to OpenBLAS's ``cblas_sgemv``, which reads the matrix in place.
+and computes those products in place, with its own AVX-512 kernel and worker threads where the CPU has
+AVX-512 (the decoding case: rows of dot products), else with OpenBLAS's ``cblas_sgemv``.
 
 OpenBLAS runs two threads by default (one on a one-core machine; see :func:`set_blas_threads`). Candidates, in order: ``$MLX_STREAM_TTS_BLAS`` (a path, or ``none`` to skip), Debian's
 ``libopenblas0-pthread``, then the ``cmeel-openblas`` wheel. The cmeel build needs ``libgfortran.so.5``,
@@ -131,6 +132,10 @@ def _try_load(path: Path) -> bool:
 
 
 _SHIM_SOURCE = Path(__file__).parent / "data" / "gemv_shim.c"
+#: The shim's worker pool (see mst_gemv_shim_configure in data/gemv_shim.c): ns an idle worker polls
+#: with pause, ns it keeps polling with sched_yield before it sleeps, the smallest product (bytes) split
+#: over threads, bytes per chunk.
+GEMV_POOL_DEFAULTS = (20_000, 2_000_000, 256 * 1024, 64 * 1024)
 #: The loaded gemv shim (see data/gemv_shim.c), or None.
 gemv_shim: ctypes.CDLL | None = None
 
@@ -148,7 +153,7 @@ def _build_gemv_shim() -> Path | None:
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{os.getpid()}.so")
-    cmd = [compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SHIM_SOURCE), "-ldl"]
+    cmd = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(_SHIM_SOURCE), "-ldl"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -182,6 +187,11 @@ def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
         shim.mst_gemv_shim_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         shim.mst_gemv_shim_init(*real)
         shim.mst_gemv_shim_calls.restype = ctypes.c_long
+        shim.mst_gemv_shim_own_calls.restype = ctypes.c_long
+        shim.mst_gemv_shim_kernel_ns.restype = ctypes.c_long
+        shim.mst_gemv_shim_kernel_bytes.restype = ctypes.c_long
+        shim.mst_gemv_shim_configure.argtypes = [ctypes.c_int] + [ctypes.c_long] * 4
+        shim.mst_gemv_shim_configure(1, *GEMV_POOL_DEFAULTS)  # threads: set with OpenBLAS's below
     except (OSError, AttributeError) as err:
         logger.info("gemv shim not loaded: %s", err)
         return
@@ -189,8 +199,30 @@ def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
 
 
 def gemv_calls() -> int:
-    """How many products the gemv shim has routed to sgemv in this process (-1: no shim)."""
+    """How many one-row products the gemv shim has taken in this process (-1: no shim)."""
     return -1 if gemv_shim is None else int(gemv_shim.mst_gemv_shim_calls())
+
+
+def gemv_kernel_calls() -> int:
+    """Of :func:`gemv_calls`, how many ran on the shim's own kernel rather than OpenBLAS's sgemv."""
+    return -1 if gemv_shim is None else int(gemv_shim.mst_gemv_shim_own_calls())
+
+
+def gemv_kernel_time() -> tuple[float, int]:
+    """Seconds spent in, and bytes read by, the shim's own kernel in this process so far (its products
+    as the calling thread sees them, workers included)."""
+    if gemv_shim is None:
+        return 0.0, 0
+    return gemv_shim.mst_gemv_shim_kernel_ns() * 1e-9, int(gemv_shim.mst_gemv_shim_kernel_bytes())
+
+
+def set_gemv_kernel(which: str) -> str:
+    """Choose the shim's kernel for rows of dot products: ``"avx512"`` (the default where the CPU has
+    it), ``"openblas"`` (OpenBLAS's sgemv) or ``"plain"`` (plain C, for tests). Returns the one in use."""
+    names = ("openblas", "plain", "avx512")
+    if gemv_shim is None:
+        return "none"
+    return names[gemv_shim.mst_gemv_shim_set_kernel(names.index(which))]
 
 
 def ensure_fast_blas() -> str | None:
@@ -221,6 +253,8 @@ def ensure_fast_blas() -> str | None:
             active_blas = str(path)
             if "OPENBLAS_NUM_THREADS" not in os.environ:
                 set_blas_threads(_threads_from_env())
+            elif gemv_shim is not None:
+                gemv_shim.mst_gemv_shim_configure(blas_threads(), -1, -1, -1, -1)
             logger.debug("MLX CPU matmuls use %s", path)
             return active_blas
     logger.warning(
@@ -275,6 +309,8 @@ def set_blas_threads(n: int) -> bool:
         return False
     setter(max(1, int(n)))
     _threads = None  # read back: OpenBLAS may cap the count at what it was built for
+    if gemv_shim is not None:  # the shim's own workers follow the same count
+        gemv_shim.mst_gemv_shim_configure(blas_threads(), -1, -1, -1, -1)
     return True
 
 

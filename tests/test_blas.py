@@ -102,12 +102,35 @@ def _ptr(a):
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
+_KERNELS = ["openblas", "plain", "avx512"]
+
+
+@pytest.fixture(params=_KERNELS)
+def kernel(request):
+    """Each of the shim's kernels for rows of dot products (avx512 only where the CPU has it)."""
+    _, blas = _shim()
+    if blas.set_gemv_kernel(request.param) != request.param:
+        blas.set_gemv_kernel("avx512")
+        pytest.skip(f"{request.param} kernel not available on this CPU")
+    yield request.param
+    blas.set_gemv_kernel("avx512")
+
+
+@pytest.fixture
+def pool():
+    """Configure the shim's worker pool for a test, then restore the defaults."""
+    _, blas = _shim()
+    shim = blas.gemv_shim
+    yield shim.mst_gemv_shim_configure
+    shim.mst_gemv_shim_configure(blas.blas_threads(), *blas.GEMV_POOL_DEFAULTS)
+
+
 @pytest.mark.parametrize("order", [_ROW_MAJOR, _COL_MAJOR])
 @pytest.mark.parametrize("ta", [_NO_TRANS, _TRANS])
 @pytest.mark.parametrize("tb", [_NO_TRANS, _TRANS])
-@pytest.mark.parametrize("m,n,k", [(1, 37, 19), (23, 1, 11), (1, 1, 9), (5, 7, 3)])
+@pytest.mark.parametrize("m,n,k", [(1, 37, 19), (23, 1, 11), (1, 1, 9), (5, 7, 3), (1, 9, 47), (33, 1, 64)])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
-def test_shim_sgemm_equals_numpy(order, ta, tb, m, n, k, beta):
+def test_shim_sgemm_equals_numpy(kernel, order, ta, tb, m, n, k, beta):
     """Every layout the CBLAS interface allows, padded leading dimensions, beta 0 over NaN garbage."""
     fn, blas = _shim()
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
@@ -140,6 +163,116 @@ def test_shim_sgemm_equals_numpy(order, ta, tb, m, n, k, beta):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     routed = (m == 1) != (n == 1)
     assert blas.gemv_calls() - calls == (1 if routed else 0)
+
+
+def _dots(fn, w, x, alpha=1.0, beta=0.0, y=None, column=False):
+    """``alpha * w @ x + beta * y`` through the shim as MLX calls it: a one-row ``x @ w.T`` (row-major,
+    B transposed) or, with ``column``, a one-column ``w @ x``. ``w`` may be a strided view of rows."""
+    n, k = w.shape
+    assert w.strides[1] == 4
+    ld = w.strides[0] // 4
+    x = np.ascontiguousarray(x, np.float32)
+    if column:
+        out = np.full((n, 3), np.nan, np.float32) if y is None else y  # ldc 3: a strided output
+        fn(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, n, 1, k, alpha, _ptr(w), ld, _ptr(x), 1, beta, _ptr(out), out.shape[1])
+        return out[:, 0]
+    out = np.full(n, np.nan, np.float32) if y is None else y
+    fn(_ROW_MAJOR, _NO_TRANS, _TRANS, 1, n, k, alpha, _ptr(x), k, _ptr(w), ld, beta, _ptr(out), n)
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 37, 1000])
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 31, 32, 33, 63, 1000, 1025])
+@pytest.mark.parametrize("offset", [0, 5])
+@pytest.mark.parametrize("aligned_ld", [True, False])
+def test_shim_row_kernels_equal_numpy(kernel, pool, threads, n, k, offset, aligned_ld):
+    """Odd sizes, rows that share one alignment (leading dimension a multiple of 64 bytes) or not,
+    starting anywhere in a buffer (offset floats), 1-3 threads with products split into many small
+    chunks, a one-row and a one-column product."""
+    fn, blas = _shim()
+    pool(threads, -1, -1, 0, 256)  # split everything, chunks of 4 rows
+    rng = np.random.default_rng(n * 7919 + k)
+    ld = (k + 15) // 16 * 16 + 16 if aligned_ld else k + 3
+    buf = np.full(n * ld + offset + 16, np.nan, np.float32)
+    w = np.lib.stride_tricks.as_strided(buf[offset:], (n, k), (ld * 4, 4))
+    w[...] = rng.standard_normal((n, k))
+    x = rng.standard_normal(k).astype(np.float32)
+    want = w.astype(np.float64) @ x
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    own = blas.gemv_kernel_calls()
+    np.testing.assert_allclose(_dots(fn, w, x), want, **tol)
+    np.testing.assert_allclose(_dots(fn, w, x, column=True), want, **tol)
+    assert blas.gemv_kernel_calls() - own == (0 if kernel == "openblas" or n == 1 else 2)  # 1 x 1: sgemm
+    y0 = rng.standard_normal(n).astype(np.float32)
+    np.testing.assert_allclose(_dots(fn, w, x, alpha=-0.5, beta=2.0, y=y0.copy()), -0.5 * want + 2 * y0, **tol)
+
+
+def test_shim_large_products_on_the_pool(pool):
+    """Decoding-sized products with the default pool settings, every thread count, many calls in a row."""
+    fn, blas = _shim()
+    rng = np.random.default_rng(1)
+    mats = [rng.standard_normal(s).astype(np.float32) for s in [(4096, 1024), (1024, 4096), (3001, 1000)]]
+    for threads in (2, 1, 3, 2):
+        pool(threads, -1, -1, -1, -1)
+        for w in mats:
+            x = rng.standard_normal(w.shape[1]).astype(np.float32)
+            for _ in range(3):
+                np.testing.assert_allclose(_dots(fn, w, x), w.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)
+
+
+def test_shim_from_several_threads_at_once(pool):
+    """Threads that call the shim together (the pool serves one; the others run on their own thread)."""
+    import threading
+
+    fn, blas = _shim()
+    pool(2, -1, -1, 0, 4096)
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((2000, 300)).astype(np.float32)
+    xs = rng.standard_normal((4, 300)).astype(np.float32)
+    errors = []
+
+    def run(x):
+        want = w.astype(np.float64) @ x
+        for _ in range(50):
+            got = _dots(fn, w, x)
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-3):
+                errors.append(float(np.abs(got - want).max()))
+
+    workers = [threading.Thread(target=run, args=(x,)) for x in xs]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not errors, errors[:5]
+
+
+def test_shim_pool_works_in_a_forked_child(pool):
+    fn, blas = _shim()
+    pool(2, -1, -1, 0, 4096)
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((1000, 300)).astype(np.float32)
+    x = rng.standard_normal(300).astype(np.float32)
+    want = w.astype(np.float64) @ x
+    np.testing.assert_allclose(_dots(fn, w, x), want, rtol=1e-4, atol=1e-3)  # the workers exist now
+    pid = os.fork()
+    if pid == 0:  # the child has no workers: it must start its own (or run alone), not wait forever
+        ok = all(np.allclose(_dots(fn, w, x), want, rtol=1e-4, atol=1e-3) for _ in range(20))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_shim_threads_follow_blas_threads():
+    _, blas = _shim()
+    before = blas.blas_threads()
+    try:
+        blas.set_blas_threads(1)
+        assert blas.gemv_shim.mst_gemv_shim_threads() == 1
+        blas.set_blas_threads(2)
+        assert blas.gemv_shim.mst_gemv_shim_threads() == 2
+    finally:
+        blas.set_blas_threads(before)
 
 
 _SHIM_PROBE = r"""

@@ -57,6 +57,60 @@ def test_linear_equals_plain_matmul(monkeypatch, rows, shape, small, split):
     assert nllb.linear(x, w, split=split).shape == (rows, 1, n)
 
 
+def test_linear_prepared_views_follow_the_weights(monkeypatch):
+    """One-row products keep weight.T and the bias as evaluated views; new weights must be picked up."""
+    from mlx_stream_tts.models import nllb
+
+    _force_chunks(monkeypatch)
+    layer = nllb.Linear(64, 48)
+    x = mx.random.normal((1, 1, 64))
+    for _ in range(2):
+        want = np.array(x) @ np.array(layer.weight).T + np.array(layer.bias)
+        np.testing.assert_allclose(np.array(layer(x)), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.array(layer(x)), want, rtol=1e-5, atol=1e-5)  # from the cache
+        layer.weight, layer.bias = mx.random.normal((48, 64)), mx.random.normal((48,))
+
+
+def test_compiled_layer_norm_equals_mlx_layer_norm():
+    """One compiled function serves every width: a shapeless trace must not keep the first width."""
+    import mlx.nn as nn
+
+    from mlx_stream_tts.models.nllb import LayerNorm
+
+    rng = np.random.default_rng(0)
+    for dims, shape in [(16, (1, 1)), (1024, (1, 1)), (1024, (3, 7)), (7, (2, 5)), (16, (4,))]:
+        ours, ref = LayerNorm(dims), nn.LayerNorm(dims)
+        ours.weight = ref.weight = mx.array(rng.standard_normal(dims).astype(np.float32))
+        ours.bias = ref.bias = mx.array(rng.standard_normal(dims).astype(np.float32))
+        x = mx.array((rng.standard_normal((*shape, dims)) * 3 + 1).astype(np.float32))
+        np.testing.assert_allclose(np.array(ours(x)), np.array(ref(x)), atol=1e-5, rtol=1e-5)
+        half = x.astype(mx.float16)  # other dtypes keep mx.fast.layer_norm
+        assert ours(half).dtype == ref(half).dtype
+        np.testing.assert_array_equal(np.array(ours(half)), np.array(ref(half)))
+
+
+def test_fused_qkv_projection_follows_the_weights(tmp_path_factory):
+    """q/k/v run as one product over a fused matrix whose row views become the weights; weights set
+    afterwards (load_weights, update) are used, not the stale fused copy."""
+    model = Translator.load(get_converted(tmp_path_factory, "d16")).model
+    attn = model.model.decoder.layers[0].self_attn
+    x = mx.random.normal((2, 3, attn.q_proj.weight.shape[1]))
+
+    def separate():
+        return [np.array(attn.heads(p(x))) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+
+    want = separate()
+    for got, ref in zip(attn.project(x), want):
+        np.testing.assert_allclose(np.array(got), ref, atol=1e-5)
+    fused = attn.__dict__["_fused_qkv"][0]
+    assert fused.shape[0] == 3 * attn.q_proj.weight.shape[0]
+    attn.k_proj.weight = mx.random.normal(attn.k_proj.weight.shape)
+    want = separate()
+    for got, ref in zip(attn.project(x), want):
+        np.testing.assert_allclose(np.array(got), ref, atol=1e-5)
+    assert attn.__dict__["_fused_qkv"][0] is not fused
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_encoder_and_every_decoder_step_match(tmp_path_factory, monkeypatch, name, chunked):

@@ -5,13 +5,16 @@ pre-norm layers, final layer norms on both stacks, scaled token embeddings share
 decoder and output projection, sinusoidal positions offset by ``pad_token_id + 1``. Weights come from
 ``convert/nllb.py``, which renames and lays them out once; loading here is strict.
 
-Three things differ from the reference on purpose, all for decoding speed:
+Four things differ from the reference on purpose, all for decoding speed:
 - The output projection runs on the positions the caller asks for (the last one when decoding).
 - An optional ``lm_head`` replaces the tied projection: an ``(n, d_model)`` matrix over a subset of the
   vocabulary (``output_token_ids`` maps its rows back to real token ids), or an untied full head.
 - Products with few rows (decoding) go through :func:`linear`, which splits the weight into chunks or
   leaves one-row products to the sgemv shim (see there): the same weights and results, decoding steps
   2-3x faster on a Linux CPU with OpenBLAS.
+- On the CPU, fewer and larger ops per step (MLX's CPU ops cost microseconds each, and a step had
+  ~1700): self-attention's q/k/v run as one product (``Attention.project``), layer norms as one
+  compiled function (``LayerNorm``), biases inside the product (``mx.addmm``). Same float32 math.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import inspect
 import math
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -117,12 +121,31 @@ def _chunked(x2: mx.array, weight: mx.array, chunk: int) -> mx.array:
     return out
 
 
-def linear(x: mx.array, weight: mx.array, bias: mx.array | None = None, split: bool = False) -> mx.array:
+def _prepared(owner: nn.Module, weight: mx.array, bias: mx.array | None) -> tuple[mx.array, mx.array | None]:
+    """``weight.T`` and ``bias`` as ``(1, n)``, evaluated once per weight (views, no copies): leaves in
+    every later step's graph instead of a transpose and a broadcast per product."""
+    cached = owner.__dict__.get("_prepared")  # outside the parameter tree on purpose
+    if cached is None or cached[0] is not weight or cached[1] is not bias:
+        prepared = (weight.T, None if bias is None else bias.reshape(1, -1))
+        mx.eval([a for a in prepared if a is not None])
+        cached = (weight, bias, *prepared)
+        object.__setattr__(owner, "_prepared", cached)
+    return cached[2], cached[3]
+
+
+def linear(
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array | None = None,
+    split: bool = False,
+    owner: nn.Module | None = None,
+) -> mx.array:
     """``x @ weight.T (+ bias)`` for a float ``weight`` of shape ``(out, in)``, fast for few rows on CPU.
 
     With ``split``, a large product with few rows runs its two halves of output rows on two MLX CPU
     streams (two cores): ~15% more read speed when the second core is free, a loss when it is busy.
-    (One-row products through the gemv shim split only when OpenBLAS runs one thread.)
+    (One-row products through the gemv shim split only when OpenBLAS runs one thread.) ``owner``, the
+    module that holds ``weight``, keeps its prepared views for one-row products (see ``_prepared``).
     """
     *lead, k = x.shape
     rows = math.prod(lead)
@@ -131,12 +154,17 @@ def linear(x: mx.array, weight: mx.array, bias: mx.array | None = None, split: b
         return x @ weight.T if bias is None else mx.addmm(bias, x, weight.T)
     x2 = x.reshape(rows, k)
     if rows == 1 and _blas.gemv_shim is not None and weight.dtype == mx.float32 and x.dtype == mx.float32:
-        # The shim turns this sgemm into OpenBLAS's sgemv: in place, no chunks needed (only float32
-        # reaches BLAS; MLX's own half-precision kernels keep the chunks, which suit them). Its sgemv is
-        # threaded, so a second stream only helps when OpenBLAS runs one thread (measured).
+        # The shim runs this sgemm as a matrix-vector product: in place, no chunks needed (only float32
+        # reaches BLAS; MLX's own half-precision kernels keep the chunks, which suit them). It is
+        # threaded, so a second stream only helps when BLAS runs one thread (measured).
+        split = split and _blas.blas_threads() == 1
+        if not (split and rows * n * k >= _MIN_SPLIT_PRODUCT):
+            weight_t, bias2 = _prepared(owner, weight, bias) if owner is not None else (weight.T, bias)
+            # The bias inside the product (the shim takes beta == 1): one op instead of two.
+            out = x2 @ weight_t if bias2 is None else mx.addmm(bias2, x2, weight_t)
+            return out.reshape(*lead, n)
         product = lambda w: x2 @ w.T  # noqa: E731
         half = n // 2
-        split = split and _blas.blas_threads() == 1
     else:
         chunk = 1 << max(3, int(math.log2(max(1, _SMALL_PRODUCT // (rows * k)))))
         product = lambda w: _chunked(x2, w, chunk)  # noqa: E731
@@ -159,7 +187,36 @@ class Linear(nn.Linear):
     split = False  # set by Model.set_parallel
 
     def __call__(self, x: mx.array) -> mx.array:
-        return linear(x, self["weight"], self.get("bias"), self.split)
+        return linear(x, self["weight"], self.get("bias"), self.split, owner=self)
+
+
+@partial(mx.compile, shapeless=True)
+def _layer_norm(x: mx.array, weight: mx.array, bias: mx.array, inv_dims: mx.array) -> mx.array:
+    # 1 / dims comes in as an array: a shapeless trace would keep a mean's divisor from the first shape.
+    centered = x - x.sum(axis=-1, keepdims=True) * inv_dims
+    var = (centered * centered).sum(axis=-1, keepdims=True) * inv_dims
+    return centered * mx.rsqrt(var + 1e-5) * weight + bias
+
+
+_inv_dims: dict[int, mx.array] = {}
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (eps 1e-5, affine) that runs as one compiled graph on the CPU.
+
+    MLX's CPU backend has no fused layer norm: ``mx.fast.layer_norm`` falls back to ~15 small ops, and
+    a decoding step has 37 norms, ~1/3 of its ops. Compiled, the elementwise parts fuse around the two
+    reductions. Same formula in float32; other devices and dtypes keep ``mx.fast.layer_norm``.
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if x.dtype == mx.float32 and self.eps == 1e-5 and "bias" in self and mx.default_device() == mx.cpu:
+            dims = x.shape[-1]
+            inv = _inv_dims.get(dims)
+            if inv is None:
+                inv = _inv_dims[dims] = mx.array(1.0 / dims, dtype=mx.float32)
+            return _layer_norm(x, self.weight, self.bias, inv)
+        return super().__call__(x)
 
 
 def sinusoidal_positions(num_positions: int, dims: int, padding_idx: int) -> mx.array:
@@ -197,8 +254,39 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, D)
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
-        return self.attend(q, k, v, mask)
+        return self.attend(*self.project(x), mask)
+
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Queries, keys and values of ``x`` in heads, ``(B, H, L, Dh)`` each.
+
+        On the CPU the three float32 projections run as one product over a ``(3 * D, D)`` matrix: a
+        third of the products (and their ops) for a decoding step. The fused matrix is made once, and the
+        q/k/v weights become row views of it (no extra memory); weights loaded later undo the fusion.
+        """
+        fused = self._fused() if mx.default_device() == mx.cpu else None
+        if fused is None:
+            return self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        q, k, v = mx.split(linear(x, *fused, owner=self), 3, axis=-1)
+        return self.heads(q), self.heads(k), self.heads(v)
+
+    def _fused(self) -> tuple[mx.array, mx.array] | None:
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(p) is Linear and "bias" in p and p.weight.dtype == mx.float32 for p in projs):
+            return None  # quantized or half precision: separate products
+        current = [a for p in projs for a in (p.weight, p.bias)]
+        cached = self.__dict__.get("_fused_qkv")  # outside the parameter tree on purpose
+        if cached is not None and all(a is b for a, b in zip(cached[2], current)):
+            return cached[0], cached[1]
+        weight = mx.concatenate([p.weight for p in projs])
+        bias = mx.concatenate([p.bias for p in projs])
+        mx.eval(weight, bias)
+        dims = projs[0].weight.shape[0]
+        for i, p in enumerate(projs):
+            p.weight, p.bias = weight[i * dims : (i + 1) * dims], bias[i * dims : (i + 1) * dims]
+            mx.eval(p.weight, p.bias)
+        views = [a for p in projs for a in (p.weight, p.bias)]
+        object.__setattr__(self, "_fused_qkv", (weight, bias, views))
+        return weight, bias
 
 
 class EncoderLayer(nn.Module):
@@ -206,10 +294,10 @@ class EncoderLayer(nn.Module):
         super().__init__()
         dims = args.d_model
         self.self_attn = Attention(dims, args.encoder_attention_heads)
-        self.self_attn_layer_norm = nn.LayerNorm(dims)
+        self.self_attn_layer_norm = LayerNorm(dims)
         self.fc1 = Linear(dims, args.encoder_ffn_dim)
         self.fc2 = Linear(args.encoder_ffn_dim, dims)
-        self.final_layer_norm = nn.LayerNorm(dims)
+        self.final_layer_norm = LayerNorm(dims)
         self.act = _activation(args.activation_function)
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
@@ -258,12 +346,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         dims = args.d_model
         self.self_attn = Attention(dims, args.decoder_attention_heads)
-        self.self_attn_layer_norm = nn.LayerNorm(dims)
+        self.self_attn_layer_norm = LayerNorm(dims)
         self.encoder_attn = Attention(dims, args.decoder_attention_heads)
-        self.encoder_attn_layer_norm = nn.LayerNorm(dims)
+        self.encoder_attn_layer_norm = LayerNorm(dims)
         self.fc1 = Linear(dims, args.decoder_ffn_dim)
         self.fc2 = Linear(args.decoder_ffn_dim, dims)
-        self.final_layer_norm = nn.LayerNorm(dims)
+        self.final_layer_norm = LayerNorm(dims)
         self.act = _activation(args.activation_function)
 
     def __call__(
@@ -275,8 +363,7 @@ class DecoderLayer(nn.Module):
         cache: LayerCache,
     ) -> mx.array:
         attn = self.self_attn
-        h = self.self_attn_layer_norm(x)
-        q, k, v = attn.heads(attn.q_proj(h)), attn.heads(attn.k_proj(h)), attn.heads(attn.v_proj(h))
+        q, k, v = attn.project(self.self_attn_layer_norm(x))
         k, v = cache.append(k, v)
         x = x + attn.attend(q, k, v, self_mask)
 
@@ -294,14 +381,14 @@ class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.layers = [EncoderLayer(args) for _ in range(args.encoder_layers)]
-        self.layer_norm = nn.LayerNorm(args.d_model)
+        self.layer_norm = LayerNorm(args.d_model)
 
 
 class Decoder(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.layers = [DecoderLayer(args) for _ in range(args.decoder_layers)]
-        self.layer_norm = nn.LayerNorm(args.d_model)
+        self.layer_norm = LayerNorm(args.d_model)
 
 
 class M2M100Model(nn.Module):
@@ -325,7 +412,7 @@ class LMHead(nn.Module):
             self.output_token_ids = mx.zeros((num_outputs,), dtype=mx.int32)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return linear(x, self.weight, split=self.split)
+        return linear(x, self.weight, split=self.split, owner=self)
 
     def to_quantized(self, group_size: int = 64, bits: int = 8, mode: str = "affine", **_) -> QuantizedLMHead:
         q = QuantizedLMHead(self.weight.shape[1], self.weight.shape[0], "output_token_ids" in self, group_size, bits)
