@@ -152,6 +152,14 @@ def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
         assert len(out[0]) == NEW_TOKENS, f"stopped after {len(out[0])} tokens"
 
     times = {k: _best(f, runs) for k, f in (("encoder", encoder), ("first", first), ("total", full))}
+    # Time inside the gemv shim's own kernel during one more generation: how fast the products alone
+    # read in place, next to everything else a step does.
+    from mlx_stream_tts import _blas
+
+    (s0, b0), start = _blas.gemv_kernel_time(), time.perf_counter()
+    full()
+    (s1, b1), wall = _blas.gemv_kernel_time(), time.perf_counter() - start
+    products = dict(product_s=s1 - s0, product_bytes=b1 - b0, product_wall_s=wall)
     # Bytes read per decode step: decoder layers without the cross-attention key/value projections (run
     # once per sentence) + output projection (+ the embedding row and the caches, negligible here).
     params = dict(tree_flatten(model.parameters()))
@@ -160,7 +168,7 @@ def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
     head_bytes = sum(v.nbytes for k, v in params.items() if k.startswith("lm_head.") and "token_ids" not in k)
     if not head_bytes:
         head_bytes = sum(v.nbytes for k, v in params.items() if k.startswith("model.shared."))
-    return dict(times, loaded_mb=loaded_mb, peak_mb=peak_mb(), step_bytes=layer_bytes + head_bytes)
+    return dict(times, **products, loaded_mb=loaded_mb, peak_mb=peak_mb(), step_bytes=layer_bytes + head_bytes)
 
 
 def run_transformers(hf: Path, tokens: list[str], runs: int, dtype: str) -> dict:
@@ -301,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             cells += ["-", "-", "-"]
         cells.append(f"{r['peak_mb']:.0f}")
         print("| " + " | ".join(cells) + " |")
+    for name, r in results.items():
+        if r.get("product_s"):
+            print(f"{name}: one more generation took {r['product_wall_s'] * 1000:.0f} ms, of which "
+                  f"{r['product_s'] * 1000:.0f} ms in the gemv shim's own kernel "
+                  f"({r['product_bytes'] / r['product_s'] / 1e9:.1f} GB/s)")
     return 0
 
 
