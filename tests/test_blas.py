@@ -208,6 +208,29 @@ def test_shim_row_kernels_equal_numpy(kernel, pool, threads, n, k, offset, align
     np.testing.assert_allclose(_dots(fn, w, x, alpha=-0.5, beta=2.0, y=y0.copy()), -0.5 * want + 2 * y0, **tol)
 
 
+@pytest.mark.parametrize("k", [16, 50, 1000, 1024])
+def test_shim_row_kernel_results_do_not_depend_on_alignment(kernel, pool, k):
+    """The same rows at every offset within a cache line, in rows of four (leading dimension a multiple
+    of 16 floats) or one at a time (odd leading dimension), give bit-identical dot products: MLX puts
+    attention caches and conv inputs at varying addresses, and outputs must not change from run to run."""
+    fn, _ = _shim()
+    pool(2, -1, -1, 0, 256)
+    rng = np.random.default_rng(k)
+    n = 9
+    data = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    results = []
+    for ld in ((k + 15) // 16 * 16, k + 1):
+        for offset in range(16):
+            buf = np.full(n * ld + offset + 32, np.nan, np.float32)
+            w = np.lib.stride_tricks.as_strided(buf[offset:], (n, k), (ld * 4, 4))
+            w[...] = data
+            results.append(_dots(fn, w, x))
+            results.append(_dots(fn, w, x, column=True))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
 def test_shim_large_products_on_the_pool(pool):
     """Decoding-sized products with the default pool settings, every thread count, many calls in a row."""
     fn, blas = _shim()

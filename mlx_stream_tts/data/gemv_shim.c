@@ -58,21 +58,117 @@ static void rows_plain(int r0, int r1, int k, float alpha, const float *a, long 
 #include <immintrin.h>
 #define HAVE_AVX512_KERNEL 1
 
-/* Four rows at a time, two accumulators each: eight independent sums, and the input vector (<= 16 KB
- * here) is loaded once per four rows from L1. Rows are read with aligned 64-byte loads after a masked
- * head (MLX's buffers are not 64-byte aligned, and loads that straddle two cache lines cut one core's
- * read speed from ~40 to ~24 GB/s); the input vector takes the unaligned loads instead, from L1. One
- * core reads ~42 GB/s with it, as fast as a plain sum over the same memory; software prefetching
- * made it slower. */
-__attribute__((target("avx512f,fma"))) static inline float finish(__m512 acc0, __m512 acc1, float alpha,
-                                                                   float beta, const float *y) {
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+/* Eight (or four) rows at a time, the input vector (<= 16 KB here) loaded once per group from L1. Rows are
+ * read with aligned 64-byte loads (MLX's buffers are not 64-byte aligned, and loads that straddle two
+ * cache lines cut one core's read speed from ~40 to ~24 GB/s); the input vector takes the unaligned
+ * loads instead, from L1. One core reads ~42 GB/s with it, as fast as a plain sum over the same
+ * memory; software prefetching made it slower.
+ *
+ * Every row is summed in one order whatever its alignment: lane c of one accumulator takes elements
+ * c, c + 16, c + 32, ... in turn, and the lanes are added in a fixed order at the end (the aligned
+ * loads only move which register lane holds class c: one rotation per row undoes it). MLX places
+ * activations (attention caches, conv inputs) at varying addresses; sums that depended on alignment
+ * made outputs differ in the last bit from run to run. */
+__attribute__((target("avx512f,fma"))) static inline float finish(__m512 acc, int shift, float alpha, float beta,
+                                                                   const float *y) {
+    /* lane c of the canonical order is register lane (c + shift) % 16 */
+    __m512i idx = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(shift)),
+        _mm512_set1_epi32(15));
+    float s = _mm512_reduce_add_ps(_mm512_permutexvar_ps(idx, acc));
     return alpha * s + (beta == 0.0f ? 0.0f : beta * *y);
 }
 
 static inline unsigned short low_mask(int n) { return (unsigned short)((1u << n) - 1u); }
 
+/* Lanes of a vector of 16 elements starting at element `start` that lie in [0, k). */
+static inline unsigned short valid_lanes(long start, int k) {
+    long lo = start < 0 ? -start : 0, hi = k - start > 16 ? 16 : k - start;
+    if (hi <= lo) return 0;
+    return (unsigned short)(low_mask((int)hi) & ~low_mask((int)lo));
+}
+
+/* R rows (sharing one alignment) from `p0`: aligned loads, one accumulator per row; the R independent
+ * sums keep the FMA units busy. */
+#define ROWS_ALIGNED(R)                                                                                    \
+    do {                                                                                                   \
+        const float *p0 = a + (long)i * lda;                                                               \
+        int shift = (int)(((uintptr_t)p0 / 4) % 16); /* p0 - shift is 64-byte aligned */                   \
+        const float *b = p0 - shift, *xs = x - shift;                                                      \
+        __m512 acc[R];                                                                                     \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();                 \
+        int vectors = (k + shift + 15) / 16, v = 0;                                                        \
+        for (; v < vectors; ++v) { /* the masked head (and everything when k is small) */                  \
+            long e0 = 16L * v - shift;                                                                     \
+            if (e0 >= 0 && e0 + 16 <= k) break;                                                            \
+            __mmask16 m = valid_lanes(e0, k);                                                              \
+            __m512 xv = _mm512_maskz_loadu_ps(m, xs + 16L * v);                                            \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                           \
+                acc[r] = _mm512_fmadd_ps(_mm512_maskz_load_ps(m, b + r * lda + 16L * v), xv, acc[r]);      \
+        }                                                                                                  \
+        int full = (int)((k + shift) / 16); /* vectors before this one are whole */                       \
+        for (; v + 2 <= full; v += 2) { /* two per turn: fewer loop instructions per load */               \
+            __m512 x0 = _mm512_loadu_ps(xs + 16L * v), x1 = _mm512_loadu_ps(xs + 16L * v + 16);            \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                          \
+                acc[r] = _mm512_fmadd_ps(_mm512_load_ps(b + r * lda + 16L * v), x0, acc[r]);               \
+                acc[r] = _mm512_fmadd_ps(_mm512_load_ps(b + r * lda + 16L * v + 16), x1, acc[r]);          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (; v < full; ++v) {                                                                            \
+            __m512 xv = _mm512_loadu_ps(xs + 16L * v);                                                     \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                           \
+                acc[r] = _mm512_fmadd_ps(_mm512_load_ps(b + r * lda + 16L * v), xv, acc[r]);               \
+        }                                                                                                  \
+        for (; v < vectors; ++v) { /* the masked tail */                                                   \
+            __mmask16 m = valid_lanes(16L * v - shift, k);                                                 \
+            __m512 xv = _mm512_maskz_loadu_ps(m, xs + 16L * v);                                            \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                           \
+                acc[r] = _mm512_fmadd_ps(_mm512_maskz_load_ps(m, b + r * lda + 16L * v), xv, acc[r]);      \
+        }                                                                                                  \
+        for (int r = 0; r < R; ++r) {                                                                      \
+            float *out = y + (i + r) * incy;                                                               \
+            *out = finish(acc[r], shift, alpha, beta, out);                                                \
+        }                                                                                                  \
+    } while (0)
+
 __attribute__((target("avx512f,fma"))) static void rows_avx512(int r0, int r1, int k, float alpha,
+                                                             const float *a, long lda, const float *x,
+                                                             float beta, float *y, long incy) {
+    int i = r0;
+    if (lda % 16 == 0) { /* rows share one alignment */
+        for (; i + 8 <= r1; i += 8) ROWS_ALIGNED(8);
+        for (; i + 4 <= r1; i += 4) ROWS_ALIGNED(4);
+    }
+    for (; i < r1; ++i) { /* other rows one at a time, unaligned, in the same order */
+        const float *p = a + (long)i * lda;
+        __m512 c = _mm512_setzero_ps();
+        int j = 0;
+        for (; j + 16 <= k; j += 16) c = _mm512_fmadd_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(x + j), c);
+        if (j < k) {
+            __mmask16 m = low_mask(k - j);
+            c = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + j), _mm512_maskz_loadu_ps(m, x + j), c);
+        }
+        y[i * incy] = finish(c, 0, alpha, beta, y + i * incy);
+    }
+}
+#undef ROWS_ALIGNED
+
+/* For large matrices (weights, whose address does not move): four rows at a time, two accumulators
+ * each: eight independent sums, and the input vector (<= 16 KB
+ * here) is loaded once per four rows from L1. Rows are read with aligned 64-byte loads after a masked
+ * head (MLX's buffers are not 64-byte aligned, and loads that straddle two cache lines cut one core's
+ * read speed from ~40 to ~24 GB/s); the input vector takes the unaligned loads instead, from L1. One
+ * core reads ~42 GB/s with it, as fast as a plain sum over the same memory; software prefetching
+ * made it slower. */
+__attribute__((target("avx512f,fma"))) static inline float finish_fast(__m512 acc0, __m512 acc1, float alpha,
+                                                                   float beta, const float *y) {
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return alpha * s + (beta == 0.0f ? 0.0f : beta * *y);
+}
+
+
+__attribute__((target("avx512f,fma"))) static void rows_avx512_fast(int r0, int r1, int k, float alpha,
                                                              const float *a, long lda, const float *x,
                                                              float beta, float *y, long incy) {
     /* Head: elements before the first 64-byte boundary of row r0, the same for every row when the
@@ -110,10 +206,10 @@ __attribute__((target("avx512f,fma"))) static void rows_avx512(int r0, int r1, i
         }
         if (j < k) FMA4(j, LOAD_TAIL, LOAD_TAIL, b0, b1, b2, b3);
         float *q = y + i * incy;
-        q[0] = finish(a0, b0, alpha, beta, q);
-        q[incy] = finish(a1, b1, alpha, beta, q + incy);
-        q[2 * incy] = finish(a2, b2, alpha, beta, q + 2 * incy);
-        q[3 * incy] = finish(a3, b3, alpha, beta, q + 3 * incy);
+        q[0] = finish_fast(a0, b0, alpha, beta, q);
+        q[incy] = finish_fast(a1, b1, alpha, beta, q + incy);
+        q[2 * incy] = finish_fast(a2, b2, alpha, beta, q + 2 * incy);
+        q[3 * incy] = finish_fast(a3, b3, alpha, beta, q + 3 * incy);
     }
     for (; i < r1; ++i) { /* the last rows, one at a time, all loads unaligned */
         const float *p = a + (long)i * lda;
@@ -127,7 +223,7 @@ __attribute__((target("avx512f,fma"))) static void rows_avx512(int r0, int r1, i
             __mmask16 m = low_mask(k - j < 16 ? k - j : 16);
             c = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + j), _mm512_maskz_loadu_ps(m, x + j), c);
         }
-        y[i * incy] = finish(c, d, alpha, beta, y + i * incy);
+        y[i * incy] = finish_fast(c, d, alpha, beta, y + i * incy);
     }
 #undef FMA4
 #undef LOAD_HEAD
@@ -136,7 +232,8 @@ __attribute__((target("avx512f,fma"))) static void rows_avx512(int r0, int r1, i
 }
 #endif
 
-static rows_fn kernel = 0; /* set by init: 0 keeps every product on OpenBLAS */
+static rows_fn kernel = 0;
+#define FAST_KERNEL_MIN_FLOATS (1L << 18) /* 1 MB */ /* set by init: 0 keeps every product on OpenBLAS */
 
 /* ------------------------------------------------------------------------------- the workers */
 
@@ -387,6 +484,11 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, co
             dots = ta == NoTrans; /* A is M x K */
         }
         rows_fn kern = kernel;
+#ifdef HAVE_AVX512_KERNEL
+        /* Large matrices are weights, whose address (so alignment) is fixed: the fastest kernel. Smaller
+         * ones may be activations at varying addresses: the kernel whose sums do not depend on it. */
+        if (kern == rows_avx512 && (long)rows * k >= FAST_KERNEL_MIN_FLOATS) kern = rows_avx512_fast;
+#endif
         if (kern && dots && inc == 1) {
             __sync_fetch_and_add(&own_calls, 1);
             if (kern == rows_plain) kern(0, rows, k, alpha, mat, ld, vec, beta, c, incy);
