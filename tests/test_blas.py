@@ -343,3 +343,34 @@ def test_unwritable_cache_only_loses_the_shim(tmp_path, monkeypatch):
 
     _blas._load_gemv_shim(FakeOpenBlas())  # must not raise
     assert _blas.gemv_shim is None
+
+
+_IDLE_PROBE = r"""
+import json, os, time
+import mlx_stream_tts
+from mlx_stream_tts import _blas
+import mlx.core as mx
+_blas.set_blas_threads(2)
+a = mx.random.normal((512, 1024)); mx.eval(a)
+for _ in range(3):
+    mx.eval(a @ a.T)  # threaded sgemm: afterwards the OpenBLAS worker idles
+cpu = time.process_time(); time.sleep(0.3); idle = time.process_time() - cpu
+print(json.dumps({"timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "idle_cpu_ms": idle * 1e3}))
+"""
+
+
+def test_openblas_workers_stop_spinning_soon_after_a_call():
+    """The package sets OpenBLAS's spin time (2^20 cycles) unless the user did: idle workers that spin
+    for ~0.1 s after each call took the second core from the voice's kernel (RTF 0.20 -> 0.11)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS")}
+
+    def run(**extra):
+        proc = subprocess.run([sys.executable, "-c", _IDLE_PROBE], capture_output=True, text=True, timeout=120,
+                              env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    ours = run()
+    assert ours["timeout"] == "20"
+    assert ours["idle_cpu_ms"] < 40, ours  # a spinning worker would burn most of the 300 ms
+    assert run(OPENBLAS_THREAD_TIMEOUT="25")["timeout"] == "25"  # the user's choice is kept

@@ -754,7 +754,6 @@ class Generator(nn.Module):
         phase = fast_sin(x[..., bins:])
         return self.stft.inverse(spec, phase)
 
-
     def _synthesize_int8(self, x: mx.array, s: mx.array, har: mx.array, norm: NormStats | None) -> mx.array:
         """:meth:`synthesize` with the resblocks on the 8-bit kernel, in NumPy between the upsampling
         convs (no MLX round trip per block)."""
