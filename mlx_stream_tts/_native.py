@@ -88,13 +88,18 @@ def int8_conv() -> ctypes.CDLL | None:
     if not set(_INT8_CPU) <= cpu_flags():
         logger.info("CPU without AVX-512 VNNI: the vocoder keeps float32 convolutions")
         return None
-    path = build("int8_conv.c", _INT8_FLAGS)
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as err:
-        logger.info("int8 conv kernel not loaded: %s", err)
+    lib = None
+    for _ in range(2):
+        path = build("int8_conv.c", _INT8_FLAGS)
+        if path is None:
+            return None
+        try:
+            lib = ctypes.CDLL(str(path))
+            break
+        except OSError as err:  # a damaged file in the cache: built again once
+            logger.info("int8 conv kernel not loaded: %s", err)
+            path.unlink(missing_ok=True)
+    if lib is None:
         return None
     c_int = ctypes.c_int
     lib.mst_s8_packed_size.argtypes = [c_int, c_int, c_int]

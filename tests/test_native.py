@@ -230,3 +230,19 @@ def test_transposed_conv_int8_matches_float(k, stride, padding, output_padding):
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.999
     grouped = ConvTranspose1d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=8)
     assert grouped.pack_int8() is False
+
+
+@needs_kernel
+def test_a_damaged_cached_kernel_is_built_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLX_STREAM_TTS_CACHE", str(tmp_path))
+    _native.int8_conv.cache_clear()
+    try:
+        path = _native.build("int8_conv.c", _native._INT8_FLAGS)
+        assert path is not None and path.parent.parent == tmp_path
+        path.write_bytes(b"not a shared library")
+        _native.int8_conv.cache_clear()
+        lib = _native.int8_conv()
+        assert lib is not None and path.stat().st_size > 1000
+    finally:
+        monkeypatch.delenv("MLX_STREAM_TTS_CACHE")
+        _native.int8_conv.cache_clear()
