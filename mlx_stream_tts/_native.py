@@ -105,7 +105,7 @@ def int8_conv() -> ctypes.CDLL | None:
     lib.mst_s8_packed_size.argtypes = [c_int, c_int, c_int]
     lib.mst_s8_packed_size.restype = ctypes.c_long
     lib.mst_s8_pack.argtypes = [_f32p, c_int, c_int, c_int, _i8p, _f32p, _i32p]
-    lib.mst_s8_pack.restype = None
+    lib.mst_s8_pack.restype = c_int
     vp = ctypes.c_void_p  # optional arrays: None or a pointer
     lib.mst_s8_conv1d.argtypes = [
         _f32p, c_int, c_int, vp, vp, _i8p, _f32p, _i32p, vp, vp, c_int, c_int, c_int, c_int, _f32p, c_int, vp, vp,
@@ -180,7 +180,8 @@ class PackedConv:
         self.packed = np.empty(lib.mst_s8_packed_size(self.out_c, self.k, self.in_c), np.int8)
         self.scale = np.empty(self.out_c, np.float32)
         self.wsum = np.empty(self.out_c, np.int32)
-        lib.mst_s8_pack(w, self.out_c, self.k, self.in_c, self.packed, self.scale, self.wsum)
+        if lib.mst_s8_pack(w, self.out_c, self.k, self.in_c, self.packed, self.scale, self.wsum):
+            raise MemoryError("int8 conv: out of memory while packing a weight")
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
 
     def __call__(self, x: np.ndarray, threads: int = 1, snake: tuple[np.ndarray, np.ndarray] | None = None,

@@ -33,30 +33,13 @@ long mst_s8_packed_size(int out_c, int k, int in_c) {
 }
 
 /* Quantize w (O, K, C) float32 to the packed int8 layout; per output channel: scale[o] and
- * wsum[o] = the sum of its int8 weights (for the input's zero point). */
-void mst_s8_pack(const float *w, int out_c, int k, int in_c, int8_t *packed, float *scale, int32_t *wsum) {
+ * wsum[o] = the sum of its int8 weights (for the input's zero point). Returns 0, or -1 without memory. */
+int mst_s8_pack(const float *w, int out_c, int k, int in_c, int8_t *packed, float *scale, int32_t *wsum) {
     int cp = round_up(in_c, 4), op = round_up(out_c, OB), groups = cp / 4;
     /* First quantized in the weight's own order (vectorised), then moved to the packed order four
      * bytes (one lane's four input channels) at a time. */
     int8_t *tmp = calloc((size_t)out_c * k * cp, 1);
-    if (!tmp) { /* no memory for the copy: the same values, element by element */
-        memset(packed, 0, (size_t)op * k * cp);
-        for (int o = 0; o < out_c; ++o) {
-            const float *row = w + (size_t)o * k * in_c;
-            float amax = 0.0f;
-            for (int i = 0; i < k * in_c; ++i) amax = fmaxf(amax, fabsf(row[i]));
-            scale[o] = amax > 0.0f ? amax / 127.0f : 1.0f;
-            wsum[o] = 0;
-            for (int jj = 0; jj < k; ++jj)
-                for (int c = 0; c < in_c; ++c) {
-                    int q = (int)lrintf(row[jj * in_c + c] * (1.0f / scale[o]));
-                    q = q > 127 ? 127 : (q < -127 ? -127 : q);
-                    packed[((((size_t)(o / OB) * k + jj) * groups + c / 4) * OB + o % OB) * 4 + c % 4] = (int8_t)q;
-                    wsum[o] += q;
-                }
-        }
-        return;
-    }
+    if (!tmp) return -1;
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
     for (int o = 0; o < out_c; ++o) {
         const float *row = w + (size_t)o * k * in_c;
@@ -93,6 +76,7 @@ void mst_s8_pack(const float *w, int out_c, int k, int in_c, int8_t *packed, flo
                     *p32++ = word;
                 }
     free(tmp);
+    return 0;
 }
 
 /* sin(t)^2 by range reduction to [-pi/2, pi/2] (sin^2 has period pi) and an odd Taylor polynomial of
