@@ -20,12 +20,8 @@ copy it into the cache with its SONAME set back to ``libgfortran.so.5`` and load
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -133,7 +129,6 @@ def _try_load(path: Path) -> bool:
     return True
 
 
-_SHIM_SOURCE = Path(__file__).parent / "data" / "gemv_shim.c"
 #: The shim's worker pool (see mst_gemv_shim_configure in data/gemv_shim.c): ns an idle worker polls
 #: with pause, ns it keeps polling with sched_yield before it sleeps, the smallest product (bytes) split
 #: over threads, bytes per chunk.
@@ -144,29 +139,12 @@ gemv_shim: ctypes.CDLL | None = None
 
 def _build_gemv_shim() -> Path | None:
     """Compile data/gemv_shim.c once into the cache (keyed by its hash); None without a C compiler."""
-    source = _SHIM_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"libmst_gemv_shim-{digest}.so"
-    if target.exists():
-        return target
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        logger.info("no C compiler: one-row products keep OpenBLAS's packed sgemm (decoding ~2x slower)")
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}.so")
-    cmd = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(_SHIM_SOURCE), "-ldl"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        logger.info("could not build the gemv shim (%s): one-row products keep the packed sgemm", err)
-        return None
-    if proc.returncode != 0:
-        logger.info("could not build the gemv shim: %s", proc.stderr.strip()[:500])
-        tmp.unlink(missing_ok=True)
-        return None
-    os.replace(tmp, target)
-    return target
+    from . import _native  # here, not at import: it imports numpy, whose OpenBLAS must see our settings
+
+    path = _native.build("gemv_shim.c", ("-O2",), ("-ldl",), directory=_cache_dir())
+    if path is None:
+        logger.info("gemv shim not built: one-row products keep OpenBLAS's packed sgemm (decoding ~2x slower)")
+    return path
 
 
 def _load_gemv_shim(openblas: ctypes.CDLL) -> None:

@@ -40,16 +40,19 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def build(source: str, flags: tuple[str, ...] = ()) -> Path | None:
-    """Compile ``data/<source>`` into a shared library in the cache; None if that is not possible."""
+def build(source: str, flags: tuple[str, ...] = (), libs: tuple[str, ...] = (),
+          directory: Path | None = None) -> Path | None:
+    """Compile ``data/<source>`` into a shared library in ``directory`` (the cache's ``lib`` folder);
+    None if that is not possible. ``flags`` go to the compiler (a later ``-O`` wins over ``-O3``),
+    ``libs`` to the linker."""
     src = _DATA / source
     try:
         code = src.read_bytes()
     except OSError as err:
         logger.info("kernel source %s unreadable: %s", src, err)
         return None
-    key = hashlib.sha256(code + " ".join(flags).encode() + platform.machine().encode()).hexdigest()[:16]
-    target = cache_root() / "lib" / f"libmst_{src.stem}-{key}.so"
+    key = hashlib.sha256(code + " ".join(flags + libs).encode() + platform.machine().encode()).hexdigest()[:16]
+    target = (directory or cache_root() / "lib") / f"libmst_{src.stem}-{key}.so"
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -57,7 +60,7 @@ def build(source: str, flags: tuple[str, ...] = ()) -> Path | None:
         logger.info("no C compiler: %s not built", source)
         return None
     tmp = target.with_suffix(f".tmp{os.getpid()}.so")
-    cmd = [compiler, "-O3", "-shared", "-fPIC", *flags, "-o", str(tmp), str(src), "-lm", "-pthread"]
+    cmd = [compiler, "-O3", "-shared", "-fPIC", *flags, "-o", str(tmp), str(src), *libs, "-lm", "-pthread"]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

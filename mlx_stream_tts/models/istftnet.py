@@ -129,6 +129,19 @@ def _affine_leaky(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
 ADDMM_MIN_ELEMENTS = 1 << 19
 
 
+def _per_sequence(x: mx.array, kernel) -> mx.array:
+    """``kernel(sequence (L, C) float32, threads) -> (L', C')`` (an 8-bit CPU kernel) over ``x``'s batch.
+
+    The kernel needs the input's values: this evaluates the graph up to here (the vocoder already
+    evaluates block by block); the result enters MLX as a new array.
+    """
+    mx.eval(x)
+    xs = np.asarray(x.astype(mx.float32))
+    threads = _blas.blas_threads()
+    out = [kernel(xs[i], threads) for i in range(xs.shape[0])]
+    return mx.array(out[0][None] if len(out) == 1 else np.stack(out)).astype(x.dtype)
+
+
 class Conv1d(nn.Conv1d):
     """``nn.Conv1d`` with faster CPU paths for Kokoro's shapes.
 
@@ -160,19 +173,10 @@ class Conv1d(nn.Conv1d):
         self.int8 = _native.PackedConv(w, bias, self.dilation)
         return True
 
-    def _int8_call(self, x: mx.array) -> mx.array:
-        # The kernel needs the input's values: this evaluates the graph up to here (the vocoder already
-        # evaluates block by block). Its output enters MLX as a new array.
-        mx.eval(x)
-        xs = np.asarray(x.astype(mx.float32) if x.dtype != mx.float32 else x)
-        threads = _blas.blas_threads()
-        out = [self.int8(xs[i], threads) for i in range(xs.shape[0])]
-        return mx.array(out[0][None] if len(out) == 1 else np.stack(out)).astype(x.dtype)
-
     def __call__(self, x: mx.array, in_scale: mx.array | None = None) -> mx.array:
         """x ``(B, L, in)``; ``in_scale`` ``(in,)`` multiplies the input channels (folded into the weight)."""
         if self.int8 is not None and mx.default_device() == mx.cpu:
-            return self._int8_call(x)
+            return _per_sequence(x, self.int8)
         out_c, k, in_c = self.weight.shape
         d = self.dilation
         w = self.weight if in_scale is None else self.weight * in_scale
@@ -241,37 +245,30 @@ class ConvTranspose1d(nn.Module):
         self.int8 = _native.PackedConv(w, None, 1)
         return True
 
-    def _int8_call(self, x: mx.array) -> mx.array:
+    def _int8_sequence(self, xs: np.ndarray, threads: int) -> np.ndarray:
         # The GEMM in the 8-bit kernel, the overlap-add in place in NumPy (no MLX round trip of the
         # kernel-times-longer tap array).
         out_c, k, _ = self.weight.shape
         s, m = self.stride, -(-k // self.stride)
-        mx.eval(x)
-        xs = np.asarray(x.astype(mx.float32))
-        threads = _blas.blas_threads()
-        length = xs.shape[1]
+        length = xs.shape[0]
         end = (length - 1) * s + k - self.padding + self.output_padding
-        bias = np.asarray(self.bias, np.float32)
-        out = []
-        for i in range(xs.shape[0]):
-            taps = self.int8(xs[i], threads).reshape(length, k, out_c)
-            full = np.empty((max(length + m - 1, -(-end // s)) * s, out_c), np.float32)
-            full[length * s:] = 0
-            for j in range(m):  # tap block j of input step t lands in output block t + j
-                width = min(s, k - j * s)
-                view = full[j * s: (j + length) * s].reshape(length, s, out_c)
-                if j == 0:
-                    view[:, :width] = taps[:, :width]
-                    view[:, width:] = 0
-                else:
-                    view[:, :width] += taps[:, j * s: j * s + width]
-            full[self.padding: end] += bias
-            out.append(full[self.padding: end])
-        return mx.array(out[0][None] if len(out) == 1 else np.stack(out)).astype(x.dtype)
+        taps = self.int8(xs, threads).reshape(length, k, out_c)
+        full = np.empty((max(length + m - 1, -(-end // s)) * s, out_c), np.float32)
+        full[length * s:] = 0
+        for j in range(m):  # tap block j of input step t lands in output block t + j
+            width = min(s, k - j * s)
+            view = full[j * s: (j + length) * s].reshape(length, s, out_c)
+            if j == 0:
+                view[:, :width] = taps[:, :width]
+                view[:, width:] = 0
+            else:
+                view[:, :width] += taps[:, j * s: j * s + width]
+        full[self.padding: end] += np.asarray(self.bias, np.float32)
+        return full[self.padding: end]
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.int8 is not None and mx.default_device() == mx.cpu:
-            return self._int8_call(x)
+            return _per_sequence(x, self._int8_sequence)
         if self.groups != 1:
             y = mx.conv_transpose1d(
                 x, self.weight, stride=self.stride, padding=self.padding,
