@@ -7,7 +7,8 @@ Builds once (cached in ~/.cache/mlx_stream_tts/bench/nllb-600M-random, outside t
 M2M100 of the exact nllb-200-distilled-600M shape, converts it with our converter (each dtype /
 quantization, with and without a restricted output vocabulary) and with CTranslate2's converter, then
 times each engine in its own subprocess (so peak memory is its own): batch 1, a 24-token source,
-exactly 32 new tokens (greedy). Speed does not depend on the weight values.
+exactly 32 new tokens (greedy). Speed does not depend on the weight values. "ours-*" decode one
+sentence with the native step (models/nllb_native.py), "ours-*-mlx" with every step as MLX ops.
 
 The restricted variants keep 32,000 output rows chosen at random: the size we expect for
 ``--restrict-vocab jpn_Jpan`` on the real vocabulary (Han, kana, digits and punctuation); the
@@ -44,6 +45,8 @@ OURS = {
     "ours-int8-r32k": dict(dtype="float32", q_bits=8, restrict=True),
     "ours-int4": dict(dtype="float32", q_bits=4),
 }
+# The same folders decoded with every step as MLX ops (Translator(native=False)), for comparison.
+MLX_STEPS = {f"{name}-mlx": name for name in ("ours-fp32", "ours-fp32-r32k")}
 PEERS = ["transformers-fp32", "transformers-bf16", "ct2-float32", "ct2-int8"]
 
 
@@ -125,7 +128,7 @@ def peak_mb() -> float:
 # ------------------------------------------------------------------------------ engines (child)
 
 
-def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
+def run_ours(path: Path, tokens: list[str], runs: int, native: bool = True) -> dict:
     sys.path.insert(0, str(ROOT))
     import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
     import mlx.core as mx
@@ -134,7 +137,7 @@ def run_ours(path: Path, tokens: list[str], runs: int) -> dict:
     from mlx_stream_tts.translate import Translator
 
     # Two cores, as the peers get (THREADS).
-    tr = Translator.load(path, parallel=THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1")
+    tr = Translator.load(path, parallel=THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1", native=native)
     loaded_mb = peak_mb()
     tok = tr.tokenizer
     src = [tok.lang_id("eng_Latn")] + [tok.sp.piece_to_id(p) + tok.piece_offset for p in tokens[1:-1]] + [tok.eos_id]
@@ -228,6 +231,8 @@ def child(name: str, folder: Path, runs: int) -> None:
     tokens = source_tokens(hf)
     if name in OURS:
         result = run_ours(folder / name, tokens, runs)
+    elif name in MLX_STEPS:
+        result = run_ours(folder / MLX_STEPS[name], tokens, runs, native=False)
     elif name.startswith("transformers-"):
         result = run_transformers(hf, tokens, runs, {"fp32": "float32", "bf16": "bfloat16"}[name.split("-")[1]])
     else:
@@ -239,13 +244,38 @@ def child(name: str, folder: Path, runs: int) -> None:
 
 
 def bandwidth_gbs() -> float:
+    """This machine's read speed now, 2 threads: the faster of torch's sum over 1 GB and a matrix-vector
+    product over 1 GB through the gemv shim (either can be the faster; the bound takes the stricter)."""
     import torch
 
     torch.set_num_threads(THREADS)
     a = torch.ones(256 * 1024 * 1024)
     a.sum()
     best = min(_timed(lambda: a.sum()) for _ in range(5))
-    return a.numel() * 4 / best / 1e9
+    speeds = [a.numel() * 4 / best / 1e9]
+    del a
+    speeds.append(_gemv_gbs())
+    return max(speeds)
+
+
+def _gemv_gbs() -> float:
+    import ctypes
+
+    import numpy as np
+
+    from mlx_stream_tts import _blas
+
+    if _blas.gemv_shim is None:
+        return 0.0
+    _blas.set_blas_threads(THREADS)
+    rows, k = 1 << 18, 1024
+    m, x, y = np.ones((rows, k), np.float32), np.ones(k, np.float32), np.zeros(rows, np.float32)
+    fp = ctypes.c_void_p
+    sgemm = _blas.gemv_shim.cblas_sgemm
+    call = lambda: sgemm(101, 111, 112, 1, rows, k, ctypes.c_float(1.0), fp(x.ctypes.data), k,  # noqa: E731
+                         fp(m.ctypes.data), k, ctypes.c_float(0.0), fp(y.ctypes.data), rows)
+    call()
+    return m.nbytes / min(_timed(call) for _ in range(5)) / 1e9
 
 
 def _timed(fn) -> float:
@@ -257,7 +287,7 @@ def _timed(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (min is reported)")
-    parser.add_argument("--only", nargs="+", help=f"engines to run (default all: {' '.join([*OURS, *PEERS])})")
+    parser.add_argument("--only", nargs="+", help=f"engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PEERS])})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = cache_dir()
@@ -266,18 +296,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = args.only or [*OURS, *PEERS]
+    names = args.only or [*OURS, *MLX_STEPS, *PEERS]
     hf = build_hf(folder)
     for name in names:
-        if name in OURS:
-            build_ours(folder, hf, name)
+        if name in OURS or name in MLX_STEPS:
+            build_ours(folder, hf, MLX_STEPS.get(name, name))
         elif name.startswith("ct2-"):
             build_ct2(folder, hf, name.split("-", 1)[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS))
     results, gbs_of = {}, {}
     for name in names:
-        # This shared VM's read speed drifts (41-74 GB/s seen in one session): measure it beside each
-        # engine, before and after, and keep the higher (the stricter bound).
+        # This shared VM's read speed drifts (41-79 GB/s seen): measure it beside each engine, before
+        # and after, and keep the higher (the stricter bound).
         before = bandwidth_gbs()
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(args.runs)],
                               capture_output=True, text=True, env=env)
@@ -293,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = results.get("transformers-fp32", {}).get("total")
     best_peer = results.get("ct2-int8", {}).get("total")
     print(f"\nbatch 1, {SRC_TOKENS}-token source, {NEW_TOKENS} new tokens, {THREADS} threads, min of {args.runs} runs; "
-          f"memory read speed (torch sum, measured beside each engine): "
+          f"memory read speed (best of torch sum and a gemv over 1 GB, beside each engine): "
           f"{min(gbs_of.values(), default=0):.1f}-{max(gbs_of.values(), default=0):.1f} GB/s\n")
     print("| engine | encoder ms | first token ms | ms/token | total ms | x transformers fp32 | x CT2 int8 "
           "| MB read/step | bound ms/token | x bound | peak RSS MB |")

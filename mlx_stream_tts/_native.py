@@ -83,25 +83,33 @@ _i8p = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
 _i32p = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 
 
+def _load(source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
+    """Build (or take from the cache) and load ``data/<source>``; None if either fails."""
+    for _ in range(2):
+        path = build(source, flags)
+        if path is None:
+            return None
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as err:  # a damaged file in the cache: built again once
+            logger.info("%s not loaded: %s", source, err)
+            path.unlink(missing_ok=True)
+    return None
+
+
+def _disabled(variable: str) -> bool:
+    return os.environ.get(variable, "1").strip().lower() in ("0", "no", "off", "false")
+
+
 @lru_cache(maxsize=1)
 def int8_conv() -> ctypes.CDLL | None:
     """data/int8_conv.c loaded, or None (no AVX-512 VNNI, no compiler, or ``MLX_STREAM_TTS_INT8=0``)."""
-    if os.environ.get("MLX_STREAM_TTS_INT8", "1").strip().lower() in ("0", "no", "off", "false"):
+    if _disabled("MLX_STREAM_TTS_INT8"):
         return None
     if not set(_INT8_CPU) <= cpu_flags():
         logger.info("CPU without AVX-512 VNNI: the vocoder keeps float32 convolutions")
         return None
-    lib = None
-    for _ in range(2):
-        path = build("int8_conv.c", _INT8_FLAGS)
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(str(path))
-            break
-        except OSError as err:  # a damaged file in the cache: built again once
-            logger.info("int8 conv kernel not loaded: %s", err)
-            path.unlink(missing_ok=True)
+    lib = _load("int8_conv.c", _INT8_FLAGS)
     if lib is None:
         return None
     c_int = ctypes.c_int
@@ -119,6 +127,23 @@ def int8_conv() -> ctypes.CDLL | None:
     f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
     lib.mst_channel_stats.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p, _f32p, _f32p, c_int]
     lib.mst_channel_stats.restype = c_int
+    return lib
+
+
+@lru_cache(maxsize=1)
+def nllb_decode() -> ctypes.CDLL | None:
+    """data/nllb_decode.c loaded, or None (no compiler, or ``MLX_STREAM_TTS_NATIVE_DECODE=0``)."""
+    if _disabled("MLX_STREAM_TTS_NATIVE_DECODE"):
+        return None
+    # Vector instructions for the small loops where the CPU has them (the products go to BLAS).
+    flags = ("-mavx2", "-mfma") if {"avx2", "fma"} <= cpu_flags() else ()
+    lib = _load("nllb_decode.c", flags)
+    if lib is None:
+        return None
+    lib.mst_nllb_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.mst_nllb_step.restype = ctypes.c_int
+    lib.mst_nllb_work_size.argtypes = [ctypes.c_int] * 4
+    lib.mst_nllb_work_size.restype = ctypes.c_long
     return lib
 
 

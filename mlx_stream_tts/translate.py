@@ -27,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
+from .models.nllb_native import NativeDecoder
 from .nllb_tokenizer import LANGUAGE_CODES, M2M100_LANGUAGE_CODES, NllbTokenizer, load_tokenizer
 from .paths import cache_root
 
@@ -169,6 +170,9 @@ class Translator:
         len_ratio, len_extra: default length limit, ``len_ratio * source tokens + len_extra`` new tokens.
         parallel: decode on two CPU cores (MLX streams); faster only while no other busy process (such
             as the voice) needs the second core. See :meth:`Model.set_parallel`.
+        native: greedy decoding of one sentence in one C call per token where possible (a float32
+            model on the CPU; see :mod:`.models.nllb_native`): the same results, steps ~1.4x faster. False
+            keeps every step on MLX.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class Translator:
         len_ratio: float = 2.0,
         len_extra: int = 10,
         parallel: bool = False,
+        native: bool = True,
     ):
         self.model = model
         model.set_parallel(parallel)
@@ -198,6 +203,8 @@ class Translator:
         self.max_target_tokens = self.args.max_position_embeddings - 2
         # Output column of each special id needed on the host (restricted heads remap columns).
         self._eos = self.tokenizer.eos_id
+        self.native = native
+        self._native_decoder: NativeDecoder | None = None
 
     # -------------------------------------------------------------------------------- loading
 
@@ -209,7 +216,8 @@ class Translator:
             path: the folder written by ``mlx-stream-tts convert nllb`` (default: :func:`default_model_dir`).
             dtype: cast float weights on load (``"float32"``, ``"float16"``, ``"bfloat16"``); None keeps
                 the stored dtype.
-            **kwargs: passed to the constructor (``max_batch``, ``len_ratio``, ``len_extra``, ``parallel``).
+            **kwargs: passed to the constructor (``max_batch``, ``len_ratio``, ``len_extra``, ``parallel``,
+                ``native``).
 
         Raises:
             FileNotFoundError: no (complete) converted model there.
@@ -466,6 +474,9 @@ class Translator:
         host's work overlaps the model's (one step is computed in vain at the end).
         """
         B = len(sources)
+        native = self._native() if B == 1 else None
+        if native is not None:
+            return [self._collect(list(self._greedy_native(native, sources[0], tgt_lang_id, limits[0])), limits[0])]
         pad, eos = self.tokenizer.pad_id, self._eos
         hidden, memory, mask, cache = self._start(sources, tgt_lang_id)
         limit_mx = mx.array(limits, dtype=mx.int32)
@@ -492,8 +503,36 @@ class Translator:
             return tokens[: tokens.index(self._eos)], True
         return tokens, False
 
+    def _native(self) -> NativeDecoder | None:
+        """The native step for this model, made on first use and again after its weights change."""
+        if not self.native or mx.default_device() != mx.cpu:
+            return None
+        dec = self._native_decoder
+        if dec is None or not dec.current():
+            dec = self._native_decoder = NativeDecoder.create(self.model)
+            if dec is None:
+                self.native = False  # not for this model or machine: don't ask again
+        return dec
+
+    def _greedy_native(self, native: NativeDecoder, source: list[int], tgt_lang_id: int, limit: int) -> Iterator[int]:
+        """Greedy ids of one sentence, up to ``limit`` and ending with ``</s>`` if it comes."""
+        ids, mask = self._prepare([source])
+        sentence = native.start(self.model.encode(ids, mask), limit + 1)
+        sentence.step(self.args.decoder_start_token_id, 0, logits=False)
+        token = tgt_lang_id
+        for pos in range(1, limit + 1):
+            column = sentence.step(token, pos)
+            token = column if self._output_ids is None else int(self._output_ids[column])
+            yield token
+            if token == self._eos:
+                return
+
     def _greedy_stream(self, source: list[int], tgt_lang_id: int, limit: int) -> Iterator[int]:
         eos = self._eos
+        native = self._native()
+        if native is not None:
+            yield from (t for t in self._greedy_native(native, source, tgt_lang_id, limit) if t != eos)
+            return
         hidden, memory, mask, cache = self._start([source], tgt_lang_id)
         for step in range(limit):
             token = self._to_token_ids(mx.argmax(self.model.logits(hidden), axis=-1).astype(mx.int32))
