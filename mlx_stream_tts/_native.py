@@ -1,9 +1,10 @@
 """Small C kernels for the CPU, compiled once into the cache and loaded with ctypes.
 
-MLX's CPU backend lacks fast low-precision compute; where a stage needs it (the vocoder's 8-bit
-convolutions, data/int8_conv.c) a kernel is compiled on first use with the system C compiler, keyed by
-the source's hash, the flags and the machine, and loaded only when the CPU has the instructions it
-was built for. Without a compiler or those instructions, callers keep their MLX path.
+MLX's CPU backend lacks fast low-precision compute, and each of its ops costs microseconds of
+dispatch. Where a stage needs more (the vocoder's 8-bit convolutions, data/int8_conv.c; a translator
+decoding step in one call, data/nllb_decode.c) a kernel is compiled on first use with the system C
+compiler, keyed by the source's hash, the flags and the machine, and loaded only when the CPU has the
+instructions it was built for. Without a compiler or those instructions, callers keep their MLX path.
 """
 
 from __future__ import annotations
