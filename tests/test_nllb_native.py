@@ -50,16 +50,9 @@ def test_restricted_head_matches_the_mlx_model(tmp_path_factory):
     """Over a restricted head the scores are the MLX model's kept columns, step by step."""
     model = Translator.load(get_converted(tmp_path_factory, "d24odd", restrict_vocab=["jpn_Jpan"])).model
     decoder = NativeDecoder.create(model)
-    rng = np.random.default_rng(3)
-    ids = mx.array([[256, *rng.integers(4, 200, 9).tolist(), 2]], dtype=mx.int32)
-    memory = model.encode(ids)
-    cache = model.make_cache()
-    sentence = decoder.start(memory, 16)
-    for pos, token in enumerate([2, 260, *rng.integers(4, 300, 10).tolist()]):
-        expected = np.array(model.logits(model.decode(mx.array([[token]], dtype=mx.int32), memory, cache)))[0, 0]
-        best = sentence.step(token, pos)
-        assert sentence.logits.shape == (model.lm_head.weight.shape[0],)
-        np.testing.assert_allclose(sentence.logits, expected, atol=1e-5, rtol=0)
+    for expected, got, best in _random_sentence(model, decoder, 12, seed=3):
+        assert got.shape == (model.lm_head.weight.shape[0],)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
         assert best == int(np.argmax(expected))
 
 
@@ -86,7 +79,7 @@ def test_translator_uses_it_with_the_same_output(tmp_path_factory, monkeypatch, 
     assert plain._native_decoder is None
 
 
-def test_batches_beams_and_other_dtypes_keep_mlx(tmp_path_factory, monkeypatch):
+def test_batches_beams_and_half_precision_keep_mlx(tmp_path_factory, monkeypatch):
     path = get_converted(tmp_path_factory, "d64q")
     calls = []
     original = NativeDecoder.start
@@ -99,12 +92,81 @@ def test_batches_beams_and_other_dtypes_keep_mlx(tmp_path_factory, monkeypatch):
     tr.generate(sources[:1], 260, max_new_tokens=4, guard=False)
     assert calls
     seen = len(calls)
-    for other in (Translator.load(path, dtype="float16"), Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=8))):
-        assert NativeDecoder.create(other.model) is None
-        out = other.generate(sources[:1], 260, max_new_tokens=4, guard=False)  # the MLX path decodes
-        assert len(out) == 1 and all(isinstance(t, int) for t in out[0])
-        assert other._native_decoder is None and not other.native
+    half = Translator.load(path, dtype="float16")
+    assert NativeDecoder.create(half.model) is None
+    out = half.generate(sources[:1], 260, max_new_tokens=4, guard=False)  # the MLX path decodes
+    assert len(out) == 1 and all(isinstance(t, int) for t in out[0])
+    assert half._native_decoder is None and not half.native
     assert len(calls) == seen
+
+
+def _random_sentence(model, decoder, steps, seed):
+    """Scores of the MLX model and of the native step over the same random source and target ids."""
+    rng = np.random.default_rng(seed)
+    ids = mx.array([[256, *rng.integers(4, 250, 9).tolist(), 2]], dtype=mx.int32)
+    memory = model.encode(ids)
+    cache = model.make_cache()
+    sentence = decoder.start(memory, steps)
+    for pos, token in enumerate([2, 260, *rng.integers(4, 300, steps - 2).tolist()]):
+        expected = np.array(model.logits(model.decode(mx.array([[token]], dtype=mx.int32), memory, cache)))[0, 0]
+        best = sentence.step(token, pos)
+        yield expected, sentence.logits.copy(), best
+
+
+@pytest.mark.parametrize("bits,group_size,restrict", [(8, 64, False), (8, 32, True), (4, 64, True), (4, 32, False)])
+def test_quantized_steps_match_the_mlx_model(tmp_path_factory, bits, group_size, restrict):
+    """MLX's quantized model and the step's 8/4-bit kernels give the same scores, up to the integer
+    kernel's rounding of x: far (>= 30x) below what the quantization itself moves the scores."""
+    options = dict(restrict_vocab=["jpn_Jpan"]) if restrict else {}
+    path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=group_size, **options)
+    model = Translator.load(path).model
+    full = Translator.load(get_converted(tmp_path_factory, "d64q", **options)).model
+    decoder = NativeDecoder.create(model)
+    assert decoder is not None and decoder._s.bits == bits
+    assert model.args.has_lm_head == restrict
+    seed = bits + group_size
+    unquantized = [expected for expected, _, _ in _random_sentence(full, NativeDecoder.create(full), 12, seed)]
+    for (expected, got, best), reference in zip(_random_sentence(model, decoder, 12, seed), unquantized):
+        error, quantization = np.abs(got - expected).max(), np.abs(expected - reference).max()
+        assert error < 1e-3 and error * 30 < quantization, (error, quantization)
+        top2 = np.sort(expected)[-2:]
+        if top2[1] - top2[0] > 1e-2:
+            assert best == int(np.argmax(expected))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_kernels_agree(tmp_path_factory, bits):
+    """The plain C, AVX-512 float and AVX-512 VNNI kernels (those the CPU has) give the same scores; the
+    integer one within its rounding of x (scores move by ~1e-5 of their size)."""
+    lib = _native.nllb_decode()
+    model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)).model
+    decoder = NativeDecoder.create(model)
+    runs = {}
+    try:
+        for which in (0, 1, 2):
+            if lib.mst_nllb_set_kernel(which) == which:
+                runs[which] = [got for _, got, _ in _random_sentence(model, decoder, 8, seed=5)]
+    finally:
+        lib.mst_nllb_set_kernel(2)
+    assert 0 in runs
+    for which, tol in ((1, 1e-5), (2, 1e-3)):
+        for plain, other in zip(runs[0], runs.get(which, runs[0])):
+            np.testing.assert_allclose(other, plain, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, bits):
+    path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)
+    native, plain = Translator.load(path), Translator.load(path, native=False)
+    _, _, ref = get_checkpoint(tmp_path_factory, "d64q")
+    from test_translate import _sources
+
+    tgt = ref.convert_tokens_to_ids("jpn_Jpan")
+    for text in SAMPLE_TEXTS:
+        sources = _sources(ref, [text])
+        assert native.generate(sources, tgt, max_new_tokens=14, guard=False) == \
+            plain.generate(sources, tgt, max_new_tokens=14, guard=False)
+    assert native._native_decoder is not None
 
 
 def test_switched_off_by_environment(monkeypatch):
@@ -152,3 +214,19 @@ def test_bad_arguments(tmp_path_factory):
     with pytest.raises(ValueError, match="outside"):
         sentence.step(-1, 0)
     assert sentence.step(2, 0, logits=False) == 0
+
+
+def test_quantized_encoder_runs_in_float32_on_the_cpu(tmp_path_factory):
+    """A quantized model's encoder (and cross-attention keys/values) run in float32 on the CPU: the same
+    numbers as MLX's quantized kernels give, within float rounding."""
+    path = get_converted(tmp_path_factory, "d64q", q_bits=8, q_group_size=32)
+    fast, slow = Translator.load(path), Translator.load(path, float_encoder=False)
+    args = fast.model.args
+    layer = fast.model.model.encoder.layers[0]
+    assert type(layer.fc1).__name__ == "Linear" and layer.fc1.weight.dtype == mx.float32
+    assert type(slow.model.model.encoder.layers[0].fc1).__name__ == "QuantizedLinear"
+    assert type(fast.model.model.decoder.layers[0].fc1).__name__ == "QuantizedLinear"  # read per token
+    assert slow.model.dequantize_encoder() == 6 * args.encoder_layers + 2 * args.decoder_layers
+    ids = mx.array([[256, 30, 31, 32, 33, 2]], dtype=mx.int32)
+    np.testing.assert_allclose(np.array(fast.model.encode(ids)), np.array(Translator.load(path, float_encoder=False).model.encode(ids)),
+                               atol=1e-4, rtol=0)

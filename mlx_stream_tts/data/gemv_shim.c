@@ -246,8 +246,13 @@ static rows_fn kernel = 0;
  * once, and sleeps on a futex when no product has come for a while. */
 #define MAX_THREADS 16
 
+/* Any other row-parallel work (mst_gemv_shim_parallel): rows [r0, r1) of a job described by ctx. */
+typedef void (*task_fn)(const void *ctx, int r0, int r1);
+
 static struct {
     rows_fn kern;
+    task_fn task; /* when set, chunks run task(ctx, r0, r1) instead of kern */
+    const void *ctx;
     int k, rows, chunk, chunks; /* chunk: rows per chunk */
     float alpha, beta;
     const float *a, *x;
@@ -299,7 +304,8 @@ static void run_chunks(unsigned int gen, int from_back) {
                 break;
         }
         int r0 = c * job.chunk, r1 = r0 + job.chunk < job.rows ? r0 + job.chunk : job.rows;
-        job.kern(r0, r1, job.k, job.alpha, job.a, job.lda, job.x, job.beta, job.y, job.incy);
+        if (job.task) job.task(job.ctx, r0, r1);
+        else job.kern(r0, r1, job.k, job.alpha, job.a, job.lda, job.x, job.beta, job.y, job.incy);
         __atomic_add_fetch(&done_chunks, 1, __ATOMIC_RELEASE);
     }
 }
@@ -367,11 +373,52 @@ static void wait_done(void) {
     }
 }
 
-/* Time (ns) and bytes of the products run by rows_parallel: their in-process read speed. */
+/* Time (ns) and bytes of the products run by rows_parallel and mst_gemv_shim_parallel: their
+ * in-process read speed. */
 static volatile long stat_ns = 0, stat_bytes = 0;
 
+/* Run the job already written to `job` (kern or task, rows, chunk) on the pool; pool_lock is held. */
+static void run_job(void) {
+    job.chunks = (job.rows + job.chunk - 1) / job.chunk;
+    __atomic_store_n(&done_chunks, 0, __ATOMIC_RELAXED);
+    unsigned int gen = __atomic_load_n(&job_gen, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&chunk_range, RANGE(gen, 0, job.chunks), __ATOMIC_RELEASE);
+    __atomic_store_n(&job_gen, gen, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&sleepers, __ATOMIC_SEQ_CST) > 0)
+        syscall(SYS_futex, &job_gen, FUTEX_WAKE_PRIVATE, MAX_THREADS, NULL, NULL, 0);
+    run_chunks(gen, 0);
+    wait_done();
+}
+
+/* Whether the pool can take a job of `bytes` now; on 1 the caller holds pool_lock. */
+static int take_pool(long bytes) {
+    if (pool_threads < 2 || bytes < min_parallel_bytes || pthread_mutex_trylock(&pool_lock) != 0) return 0;
+    start_workers();
+    if (pool_started == 0) {
+        pthread_mutex_unlock(&pool_lock);
+        return 0;
+    }
+    return 1;
+}
+
+/* Rows per chunk for rows of `row_bytes`: about chunk_bytes, whole blocks of four rows. */
+static int chunk_rows(long row_bytes) {
+    int chunk = (int)(chunk_bytes / (row_bytes > 0 ? row_bytes : 1));
+    return chunk < 4 ? 4 : (chunk + 3) & ~3;
+}
+
 static void rows_parallel_timed(rows_fn kern, int rows, int k, float alpha, const float *a, long lda,
-                                const float *x, float beta, float *y, long incy);
+                                const float *x, float beta, float *y, long incy) {
+    if (!take_pool((long)rows * k * 4)) { /* small, single-threaded, or another thread has the pool */
+        kern(0, rows, k, alpha, a, lda, x, beta, y, incy);
+        return;
+    }
+    job.task = 0; job.kern = kern; job.k = k; job.rows = rows; job.alpha = alpha; job.beta = beta;
+    job.a = a; job.x = x; job.y = y; job.lda = lda; job.incy = incy;
+    job.chunk = chunk_rows((long)k * 4);
+    run_job();
+    pthread_mutex_unlock(&pool_lock);
+}
 
 static void rows_parallel(rows_fn kern, int rows, int k, float alpha, const float *a, long lda,
                           const float *x, float beta, float *y, long incy) {
@@ -381,35 +428,20 @@ static void rows_parallel(rows_fn kern, int rows, int k, float alpha, const floa
     __sync_fetch_and_add(&stat_bytes, (long)rows * k * 4);
 }
 
-static void rows_parallel_timed(rows_fn kern, int rows, int k, float alpha, const float *a, long lda,
-                                const float *x, float beta, float *y, long incy) {
-    long bytes = (long)rows * k * 4;
-    if (pool_threads < 2 || bytes < min_parallel_bytes || pthread_mutex_trylock(&pool_lock) != 0) {
-        /* Small, single-threaded, or another thread has the pool: run here. */
-        kern(0, rows, k, alpha, a, lda, x, beta, y, incy);
-        return;
-    }
-    start_workers();
-    if (pool_started == 0) {
+/* Rows [0, rows) of any row-parallel job that reads `bytes` in all, on the same threads as the
+ * products (the native decoding step's 8- and 4-bit products use it); timed like them. */
+void mst_gemv_shim_parallel(task_fn task, const void *ctx, int rows, long bytes) {
+    long start = now_ns();
+    if (rows > 0 && take_pool(bytes)) {
+        job.task = task; job.ctx = ctx; job.rows = rows;
+        job.chunk = chunk_rows(bytes / rows);
+        run_job();
         pthread_mutex_unlock(&pool_lock);
-        kern(0, rows, k, alpha, a, lda, x, beta, y, incy);
-        return;
+    } else if (rows > 0) {
+        task(ctx, 0, rows);
     }
-    int chunk = (int)(chunk_bytes / ((long)k * 4));
-    chunk = chunk < 4 ? 4 : (chunk + 3) & ~3; /* whole blocks of four rows */
-    job.kern = kern; job.k = k; job.rows = rows; job.alpha = alpha; job.beta = beta;
-    job.a = a; job.x = x; job.y = y; job.lda = lda; job.incy = incy;
-    job.chunk = chunk;
-    job.chunks = (rows + chunk - 1) / chunk;
-    __atomic_store_n(&done_chunks, 0, __ATOMIC_RELAXED);
-    unsigned int gen = __atomic_load_n(&job_gen, __ATOMIC_RELAXED) + 1;
-    __atomic_store_n(&chunk_range, RANGE(gen, 0, job.chunks), __ATOMIC_RELEASE);
-    __atomic_store_n(&job_gen, gen, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&sleepers, __ATOMIC_SEQ_CST) > 0)
-        syscall(SYS_futex, &job_gen, FUTEX_WAKE_PRIVATE, MAX_THREADS, NULL, NULL, 0);
-    run_chunks(gen, 0);
-    wait_done();
-    pthread_mutex_unlock(&pool_lock);
+    __sync_fetch_and_add(&stat_ns, now_ns() - start);
+    __sync_fetch_and_add(&stat_bytes, bytes);
 }
 
 /* ---------------------------------------------------------------------------------- interface */

@@ -10,26 +10,39 @@
  * the calling thread in plain C, in microseconds.
  *
  * Same model and math as mlx_stream_tts/models/nllb.py (pre-norm layers, scaled embeddings plus
- * sinusoidal positions, final layer norm, output head), float32 throughout. The weights are the MLX
+ * sinusoidal positions, final layer norm, output head), float32 activations. The weights are the MLX
  * model's own buffers (no copy). Sums of activations run in 16 fixed lanes, so a result does not
  * depend on where a buffer lies in memory.
+ *
+ * Models quantized by MLX (affine: 8 or 4 bits, a scale and an offset per group of 32-128 weights of a
+ * row) run their products here too, on the gemv shim's threads, as sum_g scale_g * (q_g . x_g) +
+ * offset_g * sum(x_g): MLX's own quantized CPU kernels were ~10x slower than float32 on this
+ * project's machine, and these read 4x (8 bits) or ~7x (4 bits) fewer bytes than float32.
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int,
                          float, float *, int);
+typedef void (*task_fn)(const void *ctx, int r0, int r1);
+typedef void (*parallel_fn)(task_fn task, const void *ctx, int rows, long bytes);
 
 enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
 
-/* Per layer, in this order (nllb_native.py fills them): */
-enum {
-    LN1_W, LN1_B, QKV_W, QKV_B, O_W, O_B,      /* self-attention; q/k/v as one (3d, d) matrix */
-    LN2_W, LN2_B, CQ_W, CQ_B, CO_W, CO_B,      /* cross-attention (its keys/values come per sentence) */
-    LN3_W, LN3_B, FC1_W, FC1_B, FC2_W, FC2_B,  /* feed-forward */
-    PER_LAYER
-};
+/* A linear layer: float32 weight (n, k), or MLX's quantized rows (uint8 / packed uint4, with float32
+ * scales and offsets (n, k / group_size)); bias optional. */
+typedef struct {
+    const void *w;
+    const float *scales, *offsets; /* NULL: float32 weight */
+    const float *bias;
+} linear_t;
+
+/* Per layer, in this order (nllb_native.py fills them): layer norms (weight, bias) ... */
+enum { LN1_W, LN1_B, LN2_W, LN2_B, LN3_W, LN3_B, NORMS };
+/* ... and linear layers; Q is the fused (3d, d) q/k/v matrix when K has no weight. */
+enum { L_Q, L_K, L_V, L_O, L_CQ, L_CO, L_FC1, L_FC2, LINEARS };
 
 enum { ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU };
 
@@ -38,16 +51,19 @@ typedef struct {
     int d, heads, ffn, layers, act;
     int n_out, vocab, n_positions, position_offset; /* position row of step t: t + position_offset */
     int max_len, src_len;
+    int bits, group_size; /* of the quantized linear layers (bits 0: none) */
     float embed_scale, eps;
     sgemm_fn sgemm;
-    const float *const *w;  /* layers * PER_LAYER pointers */
+    parallel_fn parallel;
+    const float *const *norms; /* layers * NORMS */
+    const linear_t *linears;   /* layers * LINEARS */
     const float *final_w, *final_b;
-    const float *head;      /* (n_out, d) */
-    const float *embed;     /* (vocab, d) */
+    linear_t head;          /* (n_out, d), no bias */
+    linear_t embed;         /* (vocab, d) */
     const float *positions; /* (n_positions, d) */
     const float *cross_k, *cross_v; /* (layers, src_len, d) */
     float *self_k, *self_v;         /* (layers, max_len, d) */
-    float *work;   /* 6 * d + ffn + max(max_len, src_len) floats */
+    float *work;   /* mst_nllb_work_size floats */
     float *logits; /* n_out */
 } nllb_decoder;
 
@@ -79,11 +95,244 @@ static void layer_norm(const float *x, const float *w, const float *b, float eps
     for (int j2 = 0; j2 < d; ++j2) out[j2] = out[j2] * r * w[j2] + b[j2];
 }
 
-/* out = x @ w.T + bias for w (n, k): a one-row product, the bias added by the BLAS call (beta 1). */
-static void linear(const nllb_decoder *m, const float *x, const float *w, const float *bias, int n, int k,
-                   float *out) {
-    if (bias) memcpy(out, bias, sizeof(float) * (size_t)n);
-    m->sgemm(RowMajor, NoTrans, Trans, 1, n, k, 1.0f, x, k, w, k, bias ? 1.0f : 0.0f, out, n);
+/* ------------------------------------------------------------------ quantized products */
+
+typedef struct {
+    const uint8_t *q;
+    const float *scales, *offsets, *bias, *x, *xsum; /* xsum: sum of x over each group */
+    float *y;
+    int k, group_size, bits;
+    /* For the integer kernel: x ~= xscale * (65536 * x1 + 256 * x2 + x3), int8 each (quantize_x). */
+    const int8_t *x1, *x2, *x3;
+    float xscale;
+} qjob;
+
+static inline long row_bytes(const qjob *j) { return (long)j->k * j->bits / 8; }
+
+static void qrows_plain(const void *ctx, int r0, int r1) {
+    const qjob *j = ctx;
+    int gs = j->group_size, groups = j->k / gs;
+    for (int i = r0; i < r1; ++i) {
+        const uint8_t *q = j->q + (size_t)i * row_bytes(j);
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
+        float total = 0.0f;
+        for (int g = 0; g < groups; ++g) {
+            float acc[16] = {0};
+            for (int e = 0; e < gs; ++e) {
+                int c = g * gs + e;
+                int v = j->bits == 8 ? q[c] : (q[c >> 1] >> ((c & 1) * 4)) & 15;
+                acc[e & 15] += (float)v * j->x[c];
+            }
+            total += sc[g] * lanes_sum(acc) + off[g] * j->xsum[g];
+        }
+        j->y[i] = total + (j->bias ? j->bias[i] : 0.0f);
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX512 1
+
+/* 16 weights from e (a multiple of 16) of a quantized row, as floats. */
+__attribute__((target("avx512f,avx512bw,fma"))) static inline __m512 weights16(const uint8_t *q, int e, int bits) {
+    __m128i v;
+    if (bits == 8) {
+        v = _mm_loadu_si128((const __m128i *)(q + e));
+    } else { /* two per byte, the low nibble first */
+        __m128i b = _mm_loadl_epi64((const __m128i *)(q + e / 2)), m = _mm_set1_epi8(15);
+        v = _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    }
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+}
+
+/* Four rows at a time: four independent sums keep the FMA units busy; x comes from L1. */
+__attribute__((target("avx512f,avx512bw,fma"))) static void qrows_avx512(const void *ctx, int r0, int r1) {
+    const qjob *j = ctx;
+    int gs = j->group_size, groups = j->k / gs, bits = j->bits;
+    long rb = row_bytes(j);
+    int i = r0;
+    for (; i + 4 <= r1; i += 4) {
+        const uint8_t *q0 = j->q + (size_t)i * rb, *q1 = q0 + rb, *q2 = q1 + rb, *q3 = q2 + rb;
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
+        __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+        for (int g = 0; g < groups; ++g) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int e = g * gs; e < (g + 1) * gs; e += 16) {
+                __m512 xv = _mm512_loadu_ps(j->x + e);
+                a0 = _mm512_fmadd_ps(weights16(q0, e, bits), xv, a0);
+                a1 = _mm512_fmadd_ps(weights16(q1, e, bits), xv, a1);
+                a2 = _mm512_fmadd_ps(weights16(q2, e, bits), xv, a2);
+                a3 = _mm512_fmadd_ps(weights16(q3, e, bits), xv, a3);
+            }
+            float xs = j->xsum[g];
+            t0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), a0, t0); o0 += off[g] * xs;
+            t1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[groups + g]), a1, t1); o1 += off[groups + g] * xs;
+            t2 = _mm512_fmadd_ps(_mm512_set1_ps(sc[2 * groups + g]), a2, t2); o2 += off[2 * groups + g] * xs;
+            t3 = _mm512_fmadd_ps(_mm512_set1_ps(sc[3 * groups + g]), a3, t3); o3 += off[3 * groups + g] * xs;
+        }
+        const float *b = j->bias ? j->bias + i : NULL;
+        j->y[i] = _mm512_reduce_add_ps(t0) + o0 + (b ? b[0] : 0.0f);
+        j->y[i + 1] = _mm512_reduce_add_ps(t1) + o1 + (b ? b[1] : 0.0f);
+        j->y[i + 2] = _mm512_reduce_add_ps(t2) + o2 + (b ? b[2] : 0.0f);
+        j->y[i + 3] = _mm512_reduce_add_ps(t3) + o3 + (b ? b[3] : 0.0f);
+    }
+    for (; i < r1; ++i) {
+        const uint8_t *q0 = j->q + (size_t)i * rb;
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
+        __m512 t0 = _mm512_setzero_ps();
+        float o0 = 0.0f;
+        for (int g = 0; g < groups; ++g) {
+            __m512 a0 = _mm512_setzero_ps();
+            for (int e = g * gs; e < (g + 1) * gs; e += 16)
+                a0 = _mm512_fmadd_ps(weights16(q0, e, bits), _mm512_loadu_ps(j->x + e), a0);
+            t0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), a0, t0);
+            o0 += off[g] * j->xsum[g];
+        }
+        j->y[i] = _mm512_reduce_add_ps(t0) + o0 + (j->bias ? j->bias[i] : 0.0f);
+    }
+}
+
+/* The integer kernel: 8-bit dot products (vpdpbusd: unsigned weight bytes times signed bytes, four
+ * products summed into each int32 lane) against x in three signed bytes, x ~= xscale * (65536 * x1 +
+ * 256 * x2 + x3), which keeps x to ~2e-8 of its largest element: float32's own precision (two bytes
+ * moved logits by ~1e-4). Per group the exact int32 sums a1, (a2 << 8) + a3 (no overflow for groups up
+ * to 128) become floats and take the group's scale. A step reads the weights once at memory speed;
+ * converting each weight to a float (the kernel above) was compute-bound at ~11 GB/s per core. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inline __m256i bytes32(const uint8_t *q, int e,
+                                                                                                  int bits) {
+    if (bits == 8) return _mm256_loadu_si256((const __m256i *)(q + e));
+    __m128i b = _mm_loadu_si128((const __m128i *)(q + e / 2)), m = _mm_set1_epi8(15);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+}
+
+#define VNNI_ROWS(R)                                                                                          \
+    do {                                                                                                      \
+        const uint8_t *q[R];                                                                                  \
+        __m256 t[R];                                                                                          \
+        float o[R];                                                                                           \
+        for (int r = 0; r < R; ++r) {                                                                         \
+            q[r] = j->q + (size_t)(i + r) * rb;                                                               \
+            t[r] = _mm256_setzero_ps();                                                                       \
+            o[r] = 0.0f;                                                                                      \
+        }                                                                                                     \
+        for (int g = 0; g < groups; ++g) {                                                                    \
+            __m256i a[R], b[R], c[R];                                                                         \
+            for (int r = 0; r < R; ++r) a[r] = b[r] = c[r] = _mm256_setzero_si256();                          \
+            for (int e = g * gs; e < (g + 1) * gs; e += 32) {                                                 \
+                __m256i v1 = _mm256_loadu_si256((const __m256i *)(j->x1 + e));                               \
+                __m256i v2 = _mm256_loadu_si256((const __m256i *)(j->x2 + e));                               \
+                __m256i v3 = _mm256_loadu_si256((const __m256i *)(j->x3 + e));                               \
+                for (int r = 0; r < R; ++r) {                                                                 \
+                    __m256i w = bytes32(q[r], e, bits);                                                       \
+                    a[r] = _mm256_dpbusd_epi32(a[r], w, v1);                                                  \
+                    b[r] = _mm256_dpbusd_epi32(b[r], w, v2);                                                  \
+                    c[r] = _mm256_dpbusd_epi32(c[r], w, v3);                                                  \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int r = 0; r < R; ++r) {                                                                     \
+                __m256 low = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(b[r], 8), c[r]));         \
+                __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r]), _mm256_set1_ps(65536.0f), low);        \
+                t[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r * groups + g]), sum, t[r]);                        \
+                o[r] += off[r * groups + g] * j->xsum[g];                                                     \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int r = 0; r < R; ++r) {                                                                         \
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(t[r]), _mm256_extractf128_ps(t[r], 1));              \
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                           \
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                            \
+            j->y[i + r] = _mm_cvtss_f32(h) * j->xscale + o[r] + (j->bias ? j->bias[i + r] : 0.0f);            \
+        }                                                                                                     \
+    } while (0)
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static void qrows_vnni(const void *ctx, int r0,
+                                                                                           int r1) {
+    const qjob *j = ctx;
+    int gs = j->group_size, groups = j->k / gs, bits = j->bits;
+    long rb = row_bytes(j);
+    int i = r0;
+    for (; i + 4 <= r1; i += 4) {
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
+        VNNI_ROWS(4);
+    }
+    for (; i < r1; ++i) {
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
+        VNNI_ROWS(1);
+    }
+}
+#undef VNNI_ROWS
+#endif
+
+static task_fn qrows = qrows_plain;
+
+static inline int8_t byte_of(float v) { return (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v); }
+
+/* x as three signed bytes per element for qrows_vnni: with v = x / s, s = max|x| / 127, x1 = round(v),
+ * x2 = round(256 * (v - x1)), x3 = round(256 * (256 * (v - x1) - x2)); returns s / 65536. */
+static float quantize_x(const float *x, int k, int8_t *x1, int8_t *x2, int8_t *x3) {
+    float top = 0.0f;
+    for (int c = 0; c < k; ++c) top = fmaxf(top, fabsf(x[c]));
+    if (!(top > 0.0f) || !isfinite(top)) { /* zeros (non-finite input is not a case a model step meets) */
+        memset(x1, 0, (size_t)k * 3);
+        return 0.0f;
+    }
+    double inv = 127.0 / top; /* double: the third byte resolves 2^-16 of a unit */
+    for (int c = 0; c < k; ++c) {
+        double v = x[c] * inv, a = nearbyint(v), r = (v - a) * 256.0, b = nearbyint(r);
+        x1[c] = byte_of((float)a);
+        x2[c] = byte_of((float)b);
+        x3[c] = byte_of((float)nearbyint((r - b) * 256.0));
+    }
+    return top / 127.0f / 65536.0f;
+}
+
+/* out = x @ w.T + bias for w (n, k): a one-row product. Float32 weights go to the BLAS call (the bias
+ * added by it: beta 1); quantized ones to the row kernel on the shim's threads. `xsum` is work space of
+ * k floats. */
+static void linear(const nllb_decoder *m, const float *x, const linear_t *lin, int n, int k, float *out,
+                   float *xsum) {
+    if (!lin->scales) {
+        if (lin->bias) memcpy(out, lin->bias, sizeof(float) * (size_t)n);
+        m->sgemm(RowMajor, NoTrans, Trans, 1, n, k, 1.0f, x, k, (const float *)lin->w, k, lin->bias ? 1.0f : 0.0f,
+                 out, n);
+        return;
+    }
+    int gs = m->group_size, groups = k / gs;
+    for (int g = 0; g < groups; ++g) {
+        float acc[16] = {0};
+        for (int e = 0; e < gs; ++e) acc[e & 15] += x[g * gs + e];
+        xsum[g] = lanes_sum(acc);
+    }
+    qjob job = {lin->w, lin->scales, lin->offsets, lin->bias, x, xsum, out, k, gs, m->bits, NULL, NULL, NULL, 0.0f};
+    task_fn kern = qrows;
+#ifdef HAVE_AVX512
+    if (kern == qrows_vnni && gs % 32) kern = qrows_avx512; /* it takes 32 weights at a time */
+    if (kern == qrows_vnni) {
+        int8_t *x1 = (int8_t *)(xsum + groups), *x2 = x1 + k, *x3 = x2 + k;
+        job.xscale = quantize_x(x, k, x1, x2, x3);
+        job.x1 = x1;
+        job.x2 = x2;
+        job.x3 = x3;
+    }
+#endif
+    m->parallel(kern, &job, n, (long)n * (row_bytes(&job) + 8L * groups));
+}
+
+/* Row `row` of an embedding table, float32 or quantized, into out (d floats). */
+static void embedding_row(const nllb_decoder *m, const linear_t *e, int row, float *out) {
+    int d = m->d;
+    if (!e->scales) {
+        memcpy(out, (const float *)e->w + (size_t)row * d, sizeof(float) * (size_t)d);
+        return;
+    }
+    int gs = m->group_size, groups = d / gs;
+    const uint8_t *q = (const uint8_t *)e->w + (size_t)row * d * m->bits / 8;
+    const float *sc = e->scales + (size_t)row * groups, *off = e->offsets + (size_t)row * groups;
+    for (int c = 0; c < d; ++c) {
+        int v = m->bits == 8 ? q[c] : (q[c >> 1] >> ((c & 1) * 4)) & 15;
+        out[c] = sc[c / gs] * (float)v + off[c / gs];
+    }
 }
 
 /* Attention of one query (d, in heads) over n rows of keys/values laid out (n, d). */
@@ -130,37 +379,46 @@ int mst_nllb_step(const nllb_decoder *m, int token, int pos, int want_logits) {
         return -1;
     float *x = m->work, *h = x + d, *qkv = h + d, *att = qkv + 3 * d, *f = att + d;
     float *scores = f + (m->ffn > 2 * d ? m->ffn : 2 * d);
-    const float *e = m->embed + (size_t)token * d, *p = m->positions + (size_t)(pos + m->position_offset) * d;
-    for (int j = 0; j < d; ++j) x[j] = e[j] * m->embed_scale + p[j];
+    float *xsum = scores + (m->max_len > m->src_len ? m->max_len : m->src_len);
+    embedding_row(m, &m->embed, token, x);
+    const float *p = m->positions + (size_t)(pos + m->position_offset) * d;
+    for (int j = 0; j < d; ++j) x[j] = x[j] * m->embed_scale + p[j];
 
     for (int l = 0; l < m->layers; ++l) {
-        const float *const *w = m->w + (size_t)l * PER_LAYER;
+        const float *const *norm = m->norms + (size_t)l * NORMS;
+        const linear_t *lin = m->linears + (size_t)l * LINEARS;
         float *keys = m->self_k + (size_t)l * m->max_len * d, *values = m->self_v + (size_t)l * m->max_len * d;
 
-        layer_norm(x, w[LN1_W], w[LN1_B], m->eps, d, h);
-        linear(m, h, w[QKV_W], w[QKV_B], 3 * d, d, qkv);
+        layer_norm(x, norm[LN1_W], norm[LN1_B], m->eps, d, h);
+        if (lin[L_K].w) { /* separate q/k/v products, into the same layout as the fused one */
+            linear(m, h, &lin[L_Q], d, d, qkv, xsum);
+            linear(m, h, &lin[L_K], d, d, qkv + d, xsum);
+            linear(m, h, &lin[L_V], d, d, qkv + 2 * d, xsum);
+        } else {
+            linear(m, h, &lin[L_Q], 3 * d, d, qkv, xsum);
+        }
         memcpy(keys + (size_t)pos * d, qkv + d, sizeof(float) * (size_t)d);
         memcpy(values + (size_t)pos * d, qkv + 2 * d, sizeof(float) * (size_t)d);
         attend(qkv, keys, values, pos + 1, d, m->heads, scores, att);
-        linear(m, att, w[O_W], w[O_B], d, d, h);
+        linear(m, att, &lin[L_O], d, d, h, xsum);
         for (int j = 0; j < d; ++j) x[j] += h[j];
 
-        layer_norm(x, w[LN2_W], w[LN2_B], m->eps, d, h);
-        linear(m, h, w[CQ_W], w[CQ_B], d, d, qkv);
+        layer_norm(x, norm[LN2_W], norm[LN2_B], m->eps, d, h);
+        linear(m, h, &lin[L_CQ], d, d, qkv, xsum);
         attend(qkv, m->cross_k + (size_t)l * m->src_len * d, m->cross_v + (size_t)l * m->src_len * d,
                m->src_len, d, m->heads, scores, att);
-        linear(m, att, w[CO_W], w[CO_B], d, d, h);
+        linear(m, att, &lin[L_CO], d, d, h, xsum);
         for (int j = 0; j < d; ++j) x[j] += h[j];
 
-        layer_norm(x, w[LN3_W], w[LN3_B], m->eps, d, h);
-        linear(m, h, w[FC1_W], w[FC1_B], m->ffn, d, f);
+        layer_norm(x, norm[LN3_W], norm[LN3_B], m->eps, d, h);
+        linear(m, h, &lin[L_FC1], m->ffn, d, f, xsum);
         for (int j = 0; j < m->ffn; ++j) f[j] = activation(m->act, f[j]);
-        linear(m, f, w[FC2_W], w[FC2_B], d, m->ffn, h);
+        linear(m, f, &lin[L_FC2], d, m->ffn, h, xsum);
         for (int j = 0; j < d; ++j) x[j] += h[j];
     }
     if (!want_logits) return 0;
     layer_norm(x, m->final_w, m->final_b, m->eps, d, h);
-    linear(m, h, m->head, NULL, m->n_out, d, m->logits);
+    linear(m, h, &m->head, m->n_out, d, m->logits, xsum);
     int best = 0;
     for (int i = 1; i < m->n_out; ++i)
         if (m->logits[i] > m->logits[best]) best = i;
@@ -169,6 +427,27 @@ int mst_nllb_step(const nllb_decoder *m, int token, int pos, int want_logits) {
 
 /* Floats of work space that mst_nllb_step needs. */
 long mst_nllb_work_size(int d, int ffn, int max_len, int src_len) {
-    long rows = max_len > src_len ? max_len : src_len;
-    return 6L * d + (ffn > 2 * d ? ffn : 2 * d) + rows;
+    long rows = max_len > src_len ? max_len : src_len, widest = ffn > d ? ffn : d;
+    /* the last: group sums and x in bytes for the integer kernel (k / 16 + 3k / 4 floats, with room) */
+    return 6L * d + (ffn > 2 * d ? ffn : 2 * d) + rows + widest + 32;
+}
+
+/* The kernel for quantized products: 0 plain C, 1 AVX-512 floats, 2 AVX-512 VNNI integers (the
+ * default where the CPU has it; tests compare them). A kernel the CPU lacks falls back to the one
+ * before it. Returns the one in use. */
+int mst_nllb_set_kernel(int which) {
+    qrows = qrows_plain;
+    int now = 0;
+#ifdef HAVE_AVX512
+    __builtin_cpu_init();
+    if (which >= 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        qrows = qrows_avx512;
+        now = 1;
+        if (which >= 2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+            qrows = qrows_vnni;
+            now = 2;
+        }
+    }
+#endif
+    return now;
 }

@@ -533,6 +533,40 @@ class Model(nn.Module):
             x = layer(x, memory, cross_mask, self_mask, layer_cache)
         return self.model.decoder.layer_norm(x)
 
+    def dequantize_encoder(self) -> int:
+        """Replace the encoder's quantized linear layers, and the cross-attention key/value projections
+        (run once per sentence over the source), by float32 ones; returns how many.
+
+        MLX's quantized CPU kernels took ~2.4 s for the 600M encoder over 24 tokens, float32 ~50 ms; the
+        decoder's layers, read at every token, keep their bytes (the native step runs them fast). Costs
+        ~0.7 GB for the 600M model.
+        """
+        swapped = 0
+
+        def swap(parent: nn.Module, name: str) -> None:
+            nonlocal swapped
+            q = getattr(parent, name)
+            if not isinstance(q, nn.QuantizedLinear) or getattr(q, "mode", "affine") != "affine":
+                return
+            weight = mx.dequantize(q.weight, q.scales, q.biases, group_size=q.group_size, bits=q.bits)
+            lin = Linear(weight.shape[1], weight.shape[0], bias="bias" in q)
+            lin.weight = weight.astype(mx.float32)
+            if "bias" in q:
+                lin.bias = q.bias.astype(mx.float32)
+            setattr(parent, name, lin)
+            swapped += 1
+
+        for layer in self.model.encoder.layers:
+            for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                swap(layer.self_attn, name)
+            swap(layer, "fc1")
+            swap(layer, "fc2")
+        for layer in self.model.decoder.layers:
+            swap(layer.encoder_attn, "k_proj")
+            swap(layer.encoder_attn, "v_proj")
+        mx.eval(self.parameters())
+        return swapped
+
     def logits(self, hidden: mx.array) -> mx.array:
         """Output scores for hidden states ``(..., D)``: over the kept rows when restricted."""
         if self.args.has_lm_head:

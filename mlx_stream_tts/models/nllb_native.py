@@ -3,10 +3,12 @@
 A decoding step reads every decoder weight once and computes little; as MLX ops on the CPU it is ~800
 small ops around ~50 products, and their dispatch cost a quarter of the step (see
 ``data/nllb_decode.c``). :class:`NativeDecoder` runs the same step over the same weight buffers (the
-MLX arrays', no copy) in one C call, whose products go through the gemv shim (``_blas.py``).
+MLX arrays', no copy) in one C call, whose products go through the gemv shim (``_blas.py``): float32
+weights through its matrix-vector kernel, MLX's 8- and 4-bit affine quantized weights through the
+step's own row kernel on the shim's threads.
 
-Used by ``Translator`` for one sentence at a time with greedy search when the model is float32 on
-the CPU and the shim is loaded; batches, beam search, other dtypes and devices keep the MLX model.
+Used by ``Translator`` for one sentence at a time with greedy search on the CPU when the shim is
+loaded; batches, beam search, half precision and other devices keep the MLX model.
 ``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
 """
 
@@ -19,63 +21,105 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import _blas, _native
-from .nllb import Linear, LMHead, Model
+from .nllb import Linear, LMHead, Model, QuantizedLMHead
 
 _ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "silu": 3, "swish": 3}
-_fp = ctypes.POINTER(ctypes.c_float)
+_p = ctypes.c_void_p
+
+
+class _Linear(ctypes.Structure):
+    # Mirror of linear_t: weight, scales and offsets (quantized only), bias (optional).
+    _fields_ = [("w", _p), ("scales", _p), ("offsets", _p), ("bias", _p)]
 
 
 class _Struct(ctypes.Structure):
     # Mirror of nllb_decoder in data/nllb_decode.c.
     _fields_ = [
         *[(n, ctypes.c_int) for n in ("d", "heads", "ffn", "layers", "act", "n_out", "vocab", "n_positions",
-                                      "position_offset", "max_len", "src_len")],
+                                      "position_offset", "max_len", "src_len", "bits", "group_size")],
         ("embed_scale", ctypes.c_float),
         ("eps", ctypes.c_float),
-        ("sgemm", ctypes.c_void_p),
-        ("w", ctypes.POINTER(ctypes.c_void_p)),
-        *[(n, ctypes.c_void_p) for n in ("final_w", "final_b", "head", "embed", "positions", "cross_k", "cross_v",
-                                         "self_k", "self_v", "work", "logits")],
+        ("sgemm", _p),
+        ("parallel", _p),
+        ("norms", ctypes.POINTER(_p)),
+        ("linears", ctypes.POINTER(_Linear)),
+        ("final_w", _p),
+        ("final_b", _p),
+        ("head", _Linear),
+        ("embed", _Linear),
+        *[(n, _p) for n in ("positions", "cross_k", "cross_v", "self_k", "self_v", "work", "logits")],
     ]
 
 
+# A linear layer as the step reads it: (weight, scales, offsets, bias); the middle two None for float32.
+Entry = tuple
+
+
+def _entry(module: nn.Module, bits: int, group_size: int) -> Entry:
+    """A float32 ``Linear`` / ``LMHead`` / ``Embedding`` or an affine quantized one, as an entry."""
+    bias = module.get("bias") if isinstance(module, (Linear, nn.QuantizedLinear)) else None
+    if type(module) in (Linear, LMHead, nn.Embedding):
+        return (module.weight, None, None, bias)
+    if type(module) in (nn.QuantizedLinear, QuantizedLMHead, nn.QuantizedEmbedding):
+        if (module.bits, module.group_size) != (bits, group_size) or getattr(module, "mode", "affine") != "affine":
+            raise ValueError("quantized with other settings than the config's")
+        return (module.weight, module.scales, module.biases, bias)
+    raise ValueError(f"no native form for {type(module).__name__}")
+
+
 def _view(a: mx.array) -> np.ndarray:
-    """The array's own float32 buffer, C-contiguous, as NumPy (no copy); ValueError otherwise."""
+    """The array's own buffer, C-contiguous, as NumPy (no copy): float32, or uint32 quantized rows."""
     v = np.asarray(a)
-    if v.dtype != np.float32 or not v.flags.c_contiguous:
-        raise ValueError("not a contiguous float32 array")
+    if v.dtype not in (np.float32, np.uint32) or not v.flags.c_contiguous:
+        raise ValueError("not a contiguous float32 (or packed quantized) array")
     return v
+
+
+def _quantization(model: Model) -> tuple[int, int]:
+    q = model.args.quantization
+    return (int(q["bits"]), int(q["group_size"])) if q else (0, 0)
 
 
 def _usable(model: Model) -> bool:
     args = model.args
-    if mx.default_device() != mx.cpu or _blas.gemv_shim is None or args.quantization:
+    if mx.default_device() != mx.cpu or _blas.gemv_shim is None:
         return False
-    if args.activation_function not in _ACTIVATIONS or type(model.model.shared) is not nn.Embedding:
+    bits, group_size = _quantization(model)
+    if bits not in (0, 4, 8) or (bits and group_size % 16):
         return False
-    return not args.has_lm_head or type(model.lm_head) is LMHead
+    return args.activation_function in _ACTIVATIONS
 
 
-def _step_arrays(model: Model) -> tuple[list[mx.array], dict[str, mx.array]]:
-    """The arrays a step reads: 18 per decoder layer in data/nllb_decode.c's order, and
-    the rest by name. ValueError when a layer's q/k/v cannot be fused (not float32 Linear layers)."""
-    layers: list[mx.array] = []
+def _step_arrays(model: Model) -> tuple[list[mx.array], list[Entry], dict]:
+    """What a step reads: per decoder layer its 6 layer-norm arrays and 8 linear entries (in the order of
+    data/nllb_decode.c's enums; q/k/v as one fused float32 matrix, k and v then empty), and the rest by
+    name. ValueError for a layer the step cannot run (e.g. half precision)."""
+    bits, group_size = _quantization(model)
+    norms: list[mx.array] = []
+    linears: list[Entry] = []
+    empty = (None, None, None, None)
     for layer in model.model.decoder.layers:
         attn, cross = layer.self_attn, layer.encoder_attn
-        fused = attn._fused()  # made once, then the same arrays
-        if fused is None:
-            raise ValueError("self-attention projections not fusable")
-        linears = (attn.out_proj, cross.q_proj, cross.out_proj, layer.fc1, layer.fc2)
-        if any(type(lin) is not Linear or "bias" not in lin for lin in linears):
-            raise ValueError("a quantized or bias-free projection")
-        norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
-        (n1, n2, n3), (o, cq, co, f1, f2) = [(n.weight, n.bias) for n in norms], [(lin.weight, lin.bias) for lin in linears]
-        layers += [*n1, *fused, *o, *n2, *cq, *co, *n3, *f1, *f2]
-    head = model.lm_head.weight if model.args.has_lm_head else model.model.shared.weight
+        for norm in (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm):
+            norms += [norm.weight, norm.bias]
+        fused = attn._fused()  # float32 q/k/v: one matrix, made once
+        if fused is not None:
+            qkv = [(fused[0], None, None, fused[1]), empty, empty]
+        else:
+            qkv = [_entry(m, bits, group_size) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        linears += qkv + [_entry(m, bits, group_size)
+                          for m in (attn.out_proj, cross.q_proj, cross.out_proj, layer.fc1, layer.fc2)]
+    shared = model.model.shared
+    head = _entry(model.lm_head, bits, group_size) if model.args.has_lm_head else _entry(shared, bits, group_size)
     final = model.model.decoder.layer_norm
-    rest = dict(final_w=final.weight, final_b=final.bias, head=head, embed=model.model.shared.weight,
+    rest = dict(final_w=final.weight, final_b=final.bias, head=head, embed=_entry(shared, bits, group_size),
                 positions=model._positions)
-    return layers, rest
+    return norms, linears, rest
+
+
+def _flat(norms, linears, rest) -> list:
+    return [*norms, *(a for e in linears for a in e), *rest["head"], *rest["embed"], rest["final_w"],
+            rest["final_b"], rest["positions"]]
 
 
 class NativeDecoder:
@@ -90,28 +134,35 @@ class NativeDecoder:
         self.model, self._lib = model, lib
         args = model.args
         self._arrays = _step_arrays(model)
-        layers, rest = self._arrays
-        self._views = {name: _view(a) for name, a in rest.items()}
-        layer_views = [_view(a) for a in layers]
-        pointers = (ctypes.c_void_p * len(layer_views))(*[v.ctypes.data for v in layer_views])
-        self._keep = (layer_views, pointers)  # what the C side points into stays alive with us
-        head = self._views["head"]
+        norms, linears, rest = self._arrays
+        views = {id(a): _view(a) for a in _flat(*self._arrays) if a is not None}
+        address = lambda a: None if a is None else views[id(a)].ctypes.data  # noqa: E731
+        entry = lambda e: _Linear(*(address(a) for a in e))  # noqa: E731
+        norm_table = (_p * len(norms))(*(address(a) for a in norms))
+        linear_table = (_Linear * len(linears))(*(entry(e) for e in linears))
+        self._keep = (views, norm_table, linear_table)  # what the C side points into stays alive with us
+        head, embed = rest["head"], rest["embed"]
         s = self._s = _Struct()
         s.d, s.heads, s.ffn, s.layers = args.d_model, args.decoder_attention_heads, args.decoder_ffn_dim, args.decoder_layers
         s.act = _ACTIVATIONS[args.activation_function]
-        s.n_out = head.shape[0]
-        s.vocab = self._views["embed"].shape[0]
-        s.n_positions = self._views["positions"].shape[0]
+        s.n_out, s.vocab = head[0].shape[0], embed[0].shape[0]
+        s.n_positions = rest["positions"].shape[0]
         s.position_offset = args.pad_token_id + 1
+        s.bits, s.group_size = _quantization(model)
         s.embed_scale, s.eps = model.embed_scale, 1e-5
-        s.sgemm = ctypes.cast(_blas.gemv_shim.cblas_sgemm, ctypes.c_void_p).value
-        s.w = ctypes.cast(pointers, ctypes.POINTER(ctypes.c_void_p))
-        for name in ("final_w", "final_b", "head", "embed", "positions"):
-            setattr(s, name, self._views[name].ctypes.data)
+        s.sgemm = ctypes.cast(_blas.gemv_shim.cblas_sgemm, _p).value
+        s.parallel = ctypes.cast(_blas.gemv_shim.mst_gemv_shim_parallel, _p).value
+        s.norms = ctypes.cast(norm_table, ctypes.POINTER(_p))
+        s.linears = ctypes.cast(linear_table, ctypes.POINTER(_Linear))
+        s.final_w, s.final_b, s.positions = address(rest["final_w"]), address(rest["final_b"]), address(rest["positions"])
+        s.head, s.embed = entry(head), entry(embed)
+        for e in [*linears, head, embed]:
+            if e[0] is not None and (e[1] is None) != (views[id(e[0])].dtype == np.float32):
+                raise ValueError("a float weight that is not float32")
 
     @classmethod
     def create(cls, model: Model) -> NativeDecoder | None:
-        """A decoder for ``model``, or None: not on the CPU, not float32, no gemv shim, no C compiler."""
+        """A decoder for ``model``, or None: not on the CPU, half precision, no gemv shim, no C compiler."""
         if not _usable(model):
             return None
         lib = _native.nllb_decode()
@@ -125,11 +176,11 @@ class NativeDecoder:
     def current(self) -> bool:
         """Whether the model still holds the weights this decoder points into (not reloaded since)."""
         try:
-            layers, rest = _step_arrays(self.model)
+            now = _flat(*_step_arrays(self.model))
         except ValueError:
             return False
-        old_layers, old_rest = self._arrays
-        return all(a is b for a, b in zip(layers, old_layers)) and all(rest[k] is old_rest[k] for k in rest)
+        before = _flat(*self._arrays)
+        return len(now) == len(before) and all(a is b for a, b in zip(now, before))
 
     def start(self, memory: mx.array, max_len: int) -> NativeSentence:
         """Begin a sentence: ``memory`` ``(1, S, D)`` from the encoder; up to ``max_len`` target positions."""
