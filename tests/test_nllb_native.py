@@ -230,3 +230,21 @@ def test_quantized_encoder_runs_in_float32_on_the_cpu(tmp_path_factory):
     ids = mx.array([[256, 30, 31, 32, 33, 2]], dtype=mx.int32)
     np.testing.assert_allclose(np.array(fast.model.encode(ids)), np.array(Translator.load(path, float_encoder=False).model.encode(ids)),
                                atol=1e-4, rtol=0)
+
+
+def test_fused_quantized_qkv_is_the_same_model(tmp_path_factory):
+    """The native step's one q/k/v matrix: the three layers then read row views of it, and the MLX
+    model computes exactly what it did before."""
+    model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=4, q_group_size=32)).model
+    ids = mx.array([[256, 40, 41, 42, 2]], dtype=mx.int32)
+    before = np.array(model(ids, None, mx.array([[2, 260, 50]], dtype=mx.int32)))
+    attn = model.model.decoder.layers[0].self_attn
+    weight, scales, biases, bias = attn.fused_quantized()
+    d = model.args.d_model
+    assert weight.shape[0] == scales.shape[0] == biases.shape[0] == bias.shape[0] == 3 * d
+    assert np.array_equal(np.array(attn.k_proj.weight), np.array(weight[d : 2 * d]))
+    assert attn.fused_quantized()[0] is weight  # made once
+    after = np.array(model(ids, None, mx.array([[2, 260, 50]], dtype=mx.int32)))
+    np.testing.assert_array_equal(after, before)
+    float_model = Translator.load(get_converted(tmp_path_factory, "d64q")).model
+    assert float_model.model.decoder.layers[0].self_attn.fused_quantized() is None

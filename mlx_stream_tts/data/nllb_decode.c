@@ -102,7 +102,7 @@ typedef struct {
     const float *scales, *offsets, *bias, *x, *xsum; /* xsum: sum of x over each group */
     float *y;
     int k, group_size, bits;
-    /* For the integer kernel: x ~= xscale * (65536 * x1 + 256 * x2 + x3), int8 each (quantize_x). */
+    /* For the integer kernel: x ~= xscale * (254^2 * x1 + 254 * x2 + x3), int8 each (quantize_x). */
     const int8_t *x1, *x2, *x3;
     float xscale;
 } qjob;
@@ -194,11 +194,11 @@ __attribute__((target("avx512f,avx512bw,fma"))) static void qrows_avx512(const v
 }
 
 /* The integer kernel: 8-bit dot products (vpdpbusd: unsigned weight bytes times signed bytes, four
- * products summed into each int32 lane) against x in three signed bytes, x ~= xscale * (65536 * x1 +
- * 256 * x2 + x3), which keeps x to ~2e-8 of its largest element: float32's own precision (two bytes
- * moved logits by ~1e-4). Per group the exact int32 sums a1, (a2 << 8) + a3 (no overflow for groups up
- * to 128) become floats and take the group's scale. A step reads the weights once at memory speed;
- * converting each weight to a float (the kernel above) was compute-bound at ~11 GB/s per core. */
+ * products summed into each int32 lane) against x in three signed bytes, x ~= xscale * (254^2 * x1 +
+ * 254 * x2 + x3), which keeps x to ~6e-8 of its largest element, float32's own precision. Per group the
+ * exact int32 sums combine as a1 * 254^2 + (a2 * 254 + a3) (the bracket in int32: no overflow for groups
+ * up to 128), and take the group's scale. Converting
+ * each weight to a float instead (the kernel above) was compute-bound at ~11 GB/s per core. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inline __m256i bytes32(const uint8_t *q, int e,
                                                                                                   int bits) {
     if (bits == 8) return _mm256_loadu_si256((const __m256i *)(q + e));
@@ -211,11 +211,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inlin
     do {                                                                                                      \
         const uint8_t *q[R];                                                                                  \
         __m256 t[R];                                                                                          \
-        float o[R];                                                                                           \
         for (int r = 0; r < R; ++r) {                                                                         \
             q[r] = j->q + (size_t)(i + r) * rb;                                                               \
             t[r] = _mm256_setzero_ps();                                                                       \
-            o[r] = 0.0f;                                                                                      \
         }                                                                                                     \
         for (int g = 0; g < groups; ++g) {                                                                    \
             __m256i a[R], b[R], c[R];                                                                         \
@@ -232,17 +230,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inlin
                 }                                                                                             \
             }                                                                                                 \
             for (int r = 0; r < R; ++r) {                                                                     \
-                __m256 low = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(b[r], 8), c[r]));         \
-                __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r]), _mm256_set1_ps(65536.0f), low);        \
+                __m256i low = _mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(b[r], 8),                   \
+                                                                _mm256_slli_epi32(b[r], 1)), c[r]);           \
+                __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r]), _mm256_set1_ps(64516.0f),              \
+                                             _mm256_cvtepi32_ps(low));                                        \
                 t[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r * groups + g]), sum, t[r]);                        \
-                o[r] += off[r * groups + g] * j->xsum[g];                                                     \
             }                                                                                                 \
         }                                                                                                     \
         for (int r = 0; r < R; ++r) {                                                                         \
             __m128 h = _mm_add_ps(_mm256_castps256_ps128(t[r]), _mm256_extractf128_ps(t[r], 1));              \
             h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                           \
             h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                            \
-            j->y[i + r] = _mm_cvtss_f32(h) * j->xscale + o[r] + (j->bias ? j->bias[i + r] : 0.0f);            \
+            float o = dot(off + r * groups, j->xsum, groups); /* the offsets' part, once per row */        \
+            j->y[i + r] = _mm_cvtss_f32(h) * j->xscale + o + (j->bias ? j->bias[i + r] : 0.0f);               \
         }                                                                                                     \
     } while (0)
 
@@ -266,25 +266,28 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static void 
 
 static task_fn qrows = qrows_plain;
 
-static inline int8_t byte_of(float v) { return (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v); }
+static inline int8_t byte_of(double v) { return (int8_t)(v > 127.0 ? 127.0 : v < -127.0 ? -127.0 : v); }
 
 /* x as three signed bytes per element for qrows_vnni: with v = x / s, s = max|x| / 127, x1 = round(v),
- * x2 = round(256 * (v - x1)), x3 = round(256 * (256 * (v - x1) - x2)); returns s / 65536. */
+ * x2 = round(254 * (v - x1)), x3 = round(254 * (254 * (v - x1) - x2)); returns s / 254^2. Base 254, not
+ * 256: each residual is within +-0.5, so each byte within +-127 (no clipping, which cost ~1e-4). */
 static float quantize_x(const float *x, int k, int8_t *x1, int8_t *x2, int8_t *x3) {
     float top = 0.0f;
     for (int c = 0; c < k; ++c) top = fmaxf(top, fabsf(x[c]));
     if (!(top > 0.0f) || !isfinite(top)) { /* zeros (non-finite input is not a case a model step meets) */
-        memset(x1, 0, (size_t)k * 3);
+        memset(x1, 0, (size_t)k);
+        memset(x2, 0, (size_t)k);
+        memset(x3, 0, (size_t)k);
         return 0.0f;
     }
-    double inv = 127.0 / top; /* double: the third byte resolves 2^-16 of a unit */
+    double inv = 127.0 / top; /* double: the third byte resolves 254^-2 of a unit */
     for (int c = 0; c < k; ++c) {
-        double v = x[c] * inv, a = nearbyint(v), r = (v - a) * 256.0, b = nearbyint(r);
-        x1[c] = byte_of((float)a);
-        x2[c] = byte_of((float)b);
-        x3[c] = byte_of((float)nearbyint((r - b) * 256.0));
+        double v = x[c] * inv, a = nearbyint(v), r = (v - a) * 254.0, b = nearbyint(r);
+        x1[c] = byte_of(a);
+        x2[c] = byte_of(b);
+        x3[c] = byte_of(nearbyint((r - b) * 254.0));
     }
-    return top / 127.0f / 65536.0f;
+    return (float)(top / 127.0 / 64516.0);
 }
 
 /* out = x @ w.T + bias for w (n, k): a one-row product. Float32 weights go to the BLAS call (the bias

@@ -292,6 +292,33 @@ class Attention(nn.Module):
         return weight, bias
 
 
+    def fused_quantized(self) -> tuple[mx.array, mx.array, mx.array, mx.array] | None:
+        """q/k/v as one quantized ``(3 * D, ...)`` matrix: ``(weight, scales, biases, bias)``, for the native
+        decoding step (one product instead of three). As with :meth:`_fused`, the three layers' arrays
+        become row views of it (no extra memory). None unless all three are affine-quantized alike."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        names = ("weight", "scales", "biases", "bias")
+        if not all(type(p) is nn.QuantizedLinear and "bias" in p and getattr(p, "mode", "affine") == "affine"
+                   for p in projs):
+            return None
+        if len({(p.group_size, p.bits) for p in projs}) != 1:
+            return None
+        current = [p[n] for p in projs for n in names]
+        cached = self.__dict__.get("_fused_quantized")  # outside the parameter tree on purpose
+        if cached is not None and all(a is b for a, b in zip(cached[1], current)):
+            return cached[0]
+        fused = tuple(mx.concatenate([p[n] for p in projs]) for n in names)
+        mx.eval(fused)
+        rows = projs[0].weight.shape[0]
+        for i, p in enumerate(projs):
+            for n, whole in zip(names, fused):
+                setattr(p, n, whole[i * rows : (i + 1) * rows])
+        views = [p[n] for p in projs for n in names]
+        mx.eval(views)
+        object.__setattr__(self, "_fused_quantized", (fused, views))
+        return fused
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()

@@ -92,7 +92,7 @@ def _usable(model: Model) -> bool:
 
 def _step_arrays(model: Model) -> tuple[list[mx.array], list[Entry], dict]:
     """What a step reads: per decoder layer its 6 layer-norm arrays and 8 linear entries (in the order of
-    data/nllb_decode.c's enums; q/k/v as one fused float32 matrix, k and v then empty), and the rest by
+    data/nllb_decode.c's enums; q/k/v as one fused matrix where possible, k and v then empty), and the rest by
     name. ValueError for a layer the step cannot run (e.g. half precision)."""
     bits, group_size = _quantization(model)
     norms: list[mx.array] = []
@@ -103,8 +103,11 @@ def _step_arrays(model: Model) -> tuple[list[mx.array], list[Entry], dict]:
         for norm in (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm):
             norms += [norm.weight, norm.bias]
         fused = attn._fused()  # float32 q/k/v: one matrix, made once
+        fused_q = attn.fused_quantized() if fused is None and bits else None  # the same when quantized
         if fused is not None:
             qkv = [(fused[0], None, None, fused[1]), empty, empty]
+        elif fused_q is not None and (attn.q_proj.bits, attn.q_proj.group_size) == (bits, group_size):
+            qkv = [fused_q, empty, empty]
         else:
             qkv = [_entry(m, bits, group_size) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
         linears += qkv + [_entry(m, bits, group_size)
