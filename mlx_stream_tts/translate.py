@@ -482,9 +482,12 @@ class Translator:
         host's work overlaps the model's (one step is computed in vain at the end).
         """
         B = len(sources)
-        native = self._native() if B == 1 else None
+        # One sentence: the native step. Several: MLX reads each float32 weight once for the whole batch
+        # (faster than the native step sentence by sentence: 1.5 s vs 2.1 s for 4 x 32 tokens), but its
+        # quantized kernels are ~12x slower than the native step run sentence by sentence.
+        native = self._native() if B == 1 or self.args.quantization else None
         if native is not None:
-            return [self._collect(list(self._greedy_native(native, sources[0], tgt_lang_id, limits[0])), limits[0])]
+            return [self._collect(list(self._greedy_native(native, s, tgt_lang_id, n)), n) for s, n in zip(sources, limits)]
         pad, eos = self.tokenizer.pad_id, self._eos
         hidden, memory, mask, cache = self._start(sources, tgt_lang_id)
         limit_mx = mx.array(limits, dtype=mx.int32)

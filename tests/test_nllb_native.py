@@ -86,7 +86,7 @@ def test_batches_beams_and_half_precision_keep_mlx(tmp_path_factory, monkeypatch
     monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: calls.append(1) or original(self, *a))
     tr = Translator.load(path)
     sources = [[256, 10, 11, 12, 2], [256, 13, 14, 2]]
-    tr.generate(sources, 260, max_new_tokens=4, guard=False)  # a batch of two
+    tr.generate(sources, 260, max_new_tokens=4, guard=False)  # a float32 batch of two: MLX
     tr.generate(sources[:1], 260, beam_size=3, max_new_tokens=4, guard=False)
     assert not calls
     tr.generate(sources[:1], 260, max_new_tokens=4, guard=False)
@@ -155,18 +155,25 @@ def test_quantized_kernels_agree(tmp_path_factory, bits):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, bits):
+def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, monkeypatch, bits):
+    """Sentence by sentence and in batches (which a quantized model also decodes natively, one by one)."""
     path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)
     native, plain = Translator.load(path), Translator.load(path, native=False)
     _, _, ref = get_checkpoint(tmp_path_factory, "d64q")
     from test_translate import _sources
 
+    starts = []
+    original = NativeDecoder.start
+    monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: starts.append(1) or original(self, *a))
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for text in SAMPLE_TEXTS:
         sources = _sources(ref, [text])
         assert native.generate(sources, tgt, max_new_tokens=14, guard=False) == \
             plain.generate(sources, tgt, max_new_tokens=14, guard=False)
-    assert native._native_decoder is not None
+    batch = _sources(ref, SAMPLE_TEXTS)
+    assert native.generate(batch, tgt, max_new_tokens=14, guard=False) == \
+        plain.generate(batch, tgt, max_new_tokens=14, guard=False)
+    assert len(starts) == 2 * len(SAMPLE_TEXTS)
 
 
 def test_switched_off_by_environment(monkeypatch):

@@ -7,8 +7,8 @@ MLX arrays', no copy) in one C call, whose products go through the gemv shim (``
 weights through its matrix-vector kernel, MLX's 8- and 4-bit affine quantized weights through the
 step's own row kernel on the shim's threads.
 
-Used by ``Translator`` for one sentence at a time with greedy search on the CPU when the shim is
-loaded; batches, beam search, half precision and other devices keep the MLX model.
+Used by ``Translator`` for greedy search on the CPU when the shim is loaded, one sentence at a time
+(batches of a float32 model, beam search, half precision and other devices keep the MLX model).
 ``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
 """
 
