@@ -136,8 +136,8 @@ def nllb_decode() -> ctypes.CDLL | None:
     """data/nllb_decode.c loaded, or None (no compiler, or ``MLX_STREAM_TTS_NATIVE_DECODE=0``)."""
     if _disabled("MLX_STREAM_TTS_NATIVE_DECODE"):
         return None
-    # Built for this CPU (its quantized-product kernels ran 2x faster so than with only the AVX-512 flags
-    # on; GCC 12, AMD EPYC); the CPU's flags go into the cache key so another CPU builds its own.
+    # Built for this CPU: its quantized-product kernels ran ~2x faster so than with only the AVX-512 flags
+    # (GCC 12, AMD EPYC). The CPU's flags go into the cache key, so another CPU builds its own.
     tag = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
     lib = _load("nllb_decode.c", ("-march=native", f"-DMST_CPU_{tag}"))
     if lib is None:
