@@ -156,7 +156,8 @@ def test_quantized_kernels_agree(tmp_path_factory, bits):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, monkeypatch, bits):
-    """Sentence by sentence and in batches (which a quantized model also decodes natively, one by one)."""
+    """Sentence by sentence, in batches and in beam search (which a quantized model also decodes with
+    the native step, one row at a time)."""
     path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)
     native, plain = Translator.load(path), Translator.load(path, native=False)
     _, _, ref = get_checkpoint(tmp_path_factory, "d64q")
@@ -174,6 +175,12 @@ def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, monkeypatch,
     assert native.generate(batch, tgt, max_new_tokens=14, guard=False) == \
         plain.generate(batch, tgt, max_new_tokens=14, guard=False)
     assert len(starts) == 2 * len(SAMPLE_TEXTS)
+    # Beam search (the repetition guard's fallback) too, with n-gram blocking, batched.
+    for beams, ngram in ((3, 0), (4, 3)):
+        assert native.generate(batch[:4], tgt, beam_size=beams, max_new_tokens=12, no_repeat_ngram_size=ngram,
+                               guard=False) == \
+            plain.generate(batch[:4], tgt, beam_size=beams, max_new_tokens=12, no_repeat_ngram_size=ngram, guard=False)
+    assert len(starts) == 2 * len(SAMPLE_TEXTS) + 8
 
 
 def test_switched_off_by_environment(monkeypatch):

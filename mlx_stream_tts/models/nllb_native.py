@@ -7,8 +7,10 @@ MLX arrays', no copy) in one C call, whose products go through the gemv shim (``
 weights through its matrix-vector kernel, MLX's 8- and 4-bit affine quantized weights through the
 step's own row kernel on the shim's threads.
 
-Used by ``Translator`` for greedy search on the CPU when the shim is loaded, one sentence at a time
-(batches of a float32 model, beam search, half precision and other devices keep the MLX model).
+Used by ``Translator`` on the CPU when the shim is loaded: greedy search of one sentence, and for
+quantized models also batches and beam search, row by row (:meth:`NativeSentence.fork` copies a beam).
+Float32 batches and beams (MLX reads each weight once for all rows), half precision and other devices
+keep the MLX model.
 ``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
 """
 
@@ -214,6 +216,21 @@ class NativeSentence:
         s.self_k, s.self_v = self._cache[0].ctypes.data, self._cache[1].ctypes.data
         s.work, s.logits = self._work.ctypes.data, self.logits.ctypes.data
         self.max_len = max_len
+
+    def fork(self) -> NativeSentence:
+        """A copy of this state with its own caches (the same source): another beam of the sentence."""
+        other = NativeSentence(self._decoder, *self._cross, self.max_len)
+        other._cache[...] = self._cache
+        other.logits[...] = self.logits
+        return other
+
+    def caches(self, rows: int) -> np.ndarray:
+        """A copy of the self-attention keys/values of the first ``rows`` positions."""
+        return self._cache[:, :, :rows].copy()
+
+    def set_caches(self, caches: np.ndarray) -> None:
+        """Take keys/values from :meth:`caches` (of a beam of the same sentence) for its positions."""
+        self._cache[:, :, : caches.shape[2]] = caches
 
     def step(self, token: int, pos: int, logits: bool = True) -> int:
         """Feed ``token`` at target position ``pos`` (0: the start token; positions in order); returns
