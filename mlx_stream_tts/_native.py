@@ -146,6 +146,12 @@ def nllb_decode() -> ctypes.CDLL | None:
     lib.mst_nllb_step.restype = ctypes.c_int
     lib.mst_nllb_work_size.argtypes = [ctypes.c_int] * 4
     lib.mst_nllb_work_size.restype = ctypes.c_long
+    ip = ctypes.POINTER(ctypes.c_int)
+    lib.mst_nllb_step_rows.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ip, ctypes.c_int, ctypes.c_int,
+                                       ip, ctypes.c_void_p]
+    lib.mst_nllb_step_rows.restype = ctypes.c_int
+    lib.mst_nllb_batch_size.argtypes = [ctypes.c_int] * 4
+    lib.mst_nllb_batch_size.restype = ctypes.c_long
     lib.mst_nllb_set_kernel.argtypes = [ctypes.c_int]
     lib.mst_nllb_set_kernel.restype = ctypes.c_int
     lib.mst_nllb_set_kernel(2)  # the fastest the CPU has

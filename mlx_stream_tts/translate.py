@@ -180,11 +180,11 @@ class _MlxSteps:
 
 
 class _NativeSteps:
-    """The same on the native step, one row at a time: for quantized models on the CPU, whose batched
-    MLX kernels are slow (4 beams: ~10x faster). Reordering copies the rows' caches."""
+    """The same on the native step, all rows in one call per token. Reordering copies the rows' caches."""
 
     def __init__(self, tr: Translator, native: NativeDecoder, sources: list[list[int]], tgt_lang_id: int,
                  num_beams: int, max_len: int):
+        self.native = native
         self.rows: list = []
         for source in sources:
             ids, mask = tr._prepare([source])
@@ -202,8 +202,7 @@ class _NativeSteps:
         taken = {j: self.rows[j].caches(self.pos) for j in set(moves.values())}
         for i, j in moves.items():
             self.rows[i].set_caches(taken[j])
-        for row, token in zip(self.rows, feed.reshape(-1)):
-            row.step(int(token), self.pos)
+        self.native.step_rows(self.rows, feed.reshape(-1).tolist(), self.pos)
         self.pos += 1
 
 
@@ -217,9 +216,9 @@ class Translator:
         len_ratio, len_extra: default length limit, ``len_ratio * source tokens + len_extra`` new tokens.
         parallel: decode on two CPU cores (MLX streams); faster only while no other busy process (such
             as the voice) needs the second core. See :meth:`Model.set_parallel`.
-        native: greedy decoding of one sentence in one C call per token where possible (a float32 or
-            8/4-bit model on the CPU; see :mod:`.models.nllb_native`): the same results, steps ~1.4x faster
-            in float32, ~15x in 8 bits. False keeps every step on MLX.
+        native: decode with one C call per token where possible (a float32 or 8/4-bit model on the CPU;
+            see :mod:`.models.nllb_native`): the same results, steps ~1.4x faster in float32, ~15x in 8
+            bits. False keeps every step on MLX.
         float_encoder: for a quantized model on the CPU, run the encoder (and the cross-attention
             keys/values) in float32 (:meth:`Model.dequantize_encoder`): ~50x faster there, ~0.7 GB more
             for the 600M model. None (default): when the model is quantized and on the CPU.
@@ -529,12 +528,11 @@ class Translator:
         host's work overlaps the model's (one step is computed in vain at the end).
         """
         B = len(sources)
-        # One sentence: the native step. Several: MLX reads each float32 weight once for the whole batch
-        # (faster than the native step sentence by sentence: 1.5 s vs 2.1 s for 4 x 32 tokens), but its
-        # quantized kernels are ~12x slower than the native step run sentence by sentence.
-        native = self._native() if B == 1 or self.args.quantization else None
+        native = self._native()
+        if native is not None and B == 1:
+            return [self._collect(list(self._greedy_native(native, sources[0], tgt_lang_id, limits[0])), limits[0])]
         if native is not None:
-            return [self._collect(list(self._greedy_native(native, s, tgt_lang_id, n)), n) for s, n in zip(sources, limits)]
+            return self._greedy_native_rows(native, sources, tgt_lang_id, limits)
         pad, eos = self.tokenizer.pad_id, self._eos
         hidden, memory, mask, cache = self._start(sources, tgt_lang_id)
         limit_mx = mx.array(limits, dtype=mx.int32)
@@ -585,6 +583,32 @@ class Translator:
             if token == self._eos:
                 return
 
+    def _greedy_native_rows(self, native: NativeDecoder, sources: list[list[int]], tgt_lang_id: int,
+                            limits: list[int]) -> list[tuple[list[int], bool]]:
+        """Greedy decoding of several sentences with the native step, all rows in one call per token (a
+        sentence leaves the batch when it ends)."""
+        sentences = []
+        for source, limit in zip(sources, limits):
+            ids, mask = self._prepare([source])
+            sentences.append(native.start(self.model.encode(ids, mask), limit + 1))
+        native.step_rows(sentences, [self.args.decoder_start_token_id] * len(sources), 0, logits=False)
+        outputs: list[list[int]] = [[] for _ in sources]
+        live = list(range(len(sources)))
+        feed = [tgt_lang_id] * len(sources)
+        for pos in range(1, max(limits) + 1):
+            columns = native.step_rows([sentences[i] for i in live], [feed[i] for i in live], pos)
+            still = []
+            for i, column in zip(live, columns):
+                token = column if self._output_ids is None else int(self._output_ids[column])
+                outputs[i].append(token)
+                feed[i] = token
+                if token != self._eos and len(outputs[i]) < limits[i]:
+                    still.append(i)
+            live = still
+            if not live:
+                break
+        return [self._collect(out, limit) for out, limit in zip(outputs, limits)]
+
     def _greedy_stream(self, source: list[int], tgt_lang_id: int, limit: int) -> Iterator[int]:
         eos = self._eos
         native = self._native()
@@ -607,7 +631,7 @@ class Translator:
         pad, eos = self.tokenizer.pad_id, self._eos
         # transformers' max_length counts the decoder start token and the language code.
         max_length = 2 + max(limits)
-        native = self._native() if self.args.quantization else None  # float32: MLX's batched rows are faster
+        native = self._native()
         steps = _NativeSteps(self, native, sources, tgt_lang_id, nb, max_length + 1) if native is not None \
             else _MlxSteps(self, sources, tgt_lang_id, nb)
         prompt = [self.args.decoder_start_token_id, tgt_lang_id]

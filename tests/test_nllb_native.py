@@ -79,25 +79,71 @@ def test_translator_uses_it_with_the_same_output(tmp_path_factory, monkeypatch, 
     assert plain._native_decoder is None
 
 
-def test_batches_beams_and_half_precision_keep_mlx(tmp_path_factory, monkeypatch):
+def test_batches_and_beams_equal_transformers(tmp_path_factory, monkeypatch):
+    """Batches and beam search run on the native step too (all rows in one call per token), with
+    generate()'s ids, and as many sentences started as rows."""
+    from test_translate import _hf_generate, _sources
+
+    _, hf, ref = get_checkpoint(tmp_path_factory, "d24odd")
+    tr = Translator.load(get_converted(tmp_path_factory, "d24odd"))
+    rows = []
+    original = NativeDecoder.step_rows
+    monkeypatch.setattr(NativeDecoder, "step_rows", lambda self, s, *a, **k: rows.append(len(s)) or original(self, s, *a, **k))
+    tgt = ref.convert_tokens_to_ids("jpn_Jpan")
+    for beams in (1, 3):
+        expected = _hf_generate(hf, ref, SAMPLE_TEXTS, 12, beams)
+        assert tr.generate(_sources(ref, SAMPLE_TEXTS), tgt, beam_size=beams, max_new_tokens=12, guard=False) == expected
+    assert max(rows) == 3 * len(SAMPLE_TEXTS[: tr.max_batch])  # every beam of a batch in one call
+
+
+@pytest.mark.parametrize("kernel", [0, 2])
+@pytest.mark.parametrize("name", ["d24odd", "d64q"])
+def test_step_rows_equals_one_row_at_a_time(tmp_path_factory, kernel, name):
+    """Several sentences in one call: the scores each gets alone (other summation order: ~1e-6), with
+    the plain C and the AVX-512 kernels, rows on one alignment (d 64) or not (d 24)."""
+    lib = _native.nllb_decode()
+    lib.mst_nllb_set_kernel(kernel)
+    try:
+        _step_rows_case(tmp_path_factory, name)
+    finally:
+        lib.mst_nllb_set_kernel(2)
+
+
+def _step_rows_case(tmp_path_factory, name):
+    model = Translator.load(get_converted(tmp_path_factory, name)).model
+    decoder = NativeDecoder.create(model)
+    rng = np.random.default_rng(9)
+    sources = [mx.array([[256, *rng.integers(4, 250, n).tolist(), 2]], dtype=mx.int32) for n in (3, 9, 5, 12, 7)]
+    together = [decoder.start(model.encode(ids), 10) for ids in sources]
+    alone = [decoder.start(model.encode(ids), 10) for ids in sources]
+    for pos in range(8):
+        tokens = [2] if pos == 0 else rng.integers(4, 300, 1).tolist()
+        tokens = tokens * len(sources) if pos == 0 else [int(t) for t in rng.integers(4, 300, len(sources))]
+        best = decoder.step_rows(together, tokens, pos)
+        for sentence, token, b in zip(alone, tokens, best):
+            assert sentence.step(token, pos) == b
+        for a, b in zip(together, alone):
+            np.testing.assert_allclose(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        decoder.step_rows(together, [2], 8)
+    with pytest.raises(ValueError, match="position"):
+        decoder.step_rows(together, [2] * 5, 10)
+
+
+def test_half_precision_keeps_mlx(tmp_path_factory, monkeypatch):
     path = get_converted(tmp_path_factory, "d64q")
     calls = []
     original = NativeDecoder.start
     monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: calls.append(1) or original(self, *a))
-    tr = Translator.load(path)
     sources = [[256, 10, 11, 12, 2], [256, 13, 14, 2]]
-    tr.generate(sources, 260, max_new_tokens=4, guard=False)  # a float32 batch of two: MLX
-    tr.generate(sources[:1], 260, beam_size=3, max_new_tokens=4, guard=False)
-    assert not calls
-    tr.generate(sources[:1], 260, max_new_tokens=4, guard=False)
-    assert calls
-    seen = len(calls)
     half = Translator.load(path, dtype="float16")
     assert NativeDecoder.create(half.model) is None
     out = half.generate(sources[:1], 260, max_new_tokens=4, guard=False)  # the MLX path decodes
     assert len(out) == 1 and all(isinstance(t, int) for t in out[0])
     assert half._native_decoder is None and not half.native
-    assert len(calls) == seen
+    assert not calls
+    Translator.load(path).generate(sources, 260, max_new_tokens=4, guard=False)
+    assert len(calls) == 2
 
 
 def _random_sentence(model, decoder, steps, seed):

@@ -7,10 +7,10 @@ MLX arrays', no copy) in one C call, whose products go through the gemv shim (``
 weights through its matrix-vector kernel, MLX's 8- and 4-bit affine quantized weights through the
 step's own row kernel on the shim's threads.
 
-Used by ``Translator`` on the CPU when the shim is loaded: greedy search of one sentence, and for
-quantized models also batches and beam search, row by row (:meth:`NativeSentence.fork` copies a beam).
-Float32 batches and beams (MLX reads each weight once for all rows), half precision and other devices
-keep the MLX model.
+Used by ``Translator`` on the CPU when the shim is loaded: greedy search of one sentence
+(:meth:`NativeSentence.step`), and batches and beam search with every row in one call per token
+(:meth:`NativeDecoder.step_rows`; :meth:`NativeSentence.fork` copies a beam). Half precision and other
+devices keep the MLX model.
 ``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
 """
 
@@ -186,6 +186,30 @@ class NativeDecoder:
             return False
         before = _flat(*self._arrays)
         return len(now) == len(before) and all(a is b for a, b in zip(now, before))
+
+    MAX_ROWS = 64  # data/nllb_decode.c's MAX_ROWS
+
+    def step_rows(self, sentences: list[NativeSentence], tokens: list[int], pos: int, logits: bool = True) -> list[int]:
+        """One step of several sentences (or beams) of this decoder at the same position ``pos``: the
+        float32 weights are read once for all of them. Returns each one's best output column."""
+        n = len(sentences)
+        if n != len(tokens) or not 1 <= n <= self.MAX_ROWS:
+            raise ValueError(f"{n} sentences and {len(tokens)} tokens (1 to {self.MAX_ROWS} rows)")
+        if any(s._decoder is not self for s in sentences):
+            raise ValueError("a sentence of another decoder")
+        if any(not 0 <= pos < s.max_len for s in sentences):
+            raise ValueError(f"position {pos} outside a sentence's {min(s.max_len for s in sentences)} started")
+        s0 = self._s
+        size = self._lib.mst_nllb_batch_size(n, s0.d, s0.ffn, s0.n_out)
+        batch = self.__dict__.get("_batch")
+        if batch is None or batch.size < size:
+            batch = self._batch = np.empty(size, np.float32)
+        rows = (_p * n)(*(ctypes.addressof(s._s) for s in sentences))
+        best = (ctypes.c_int * n)()
+        if self._lib.mst_nllb_step_rows(rows, n, (ctypes.c_int * n)(*map(int, tokens)), int(pos), int(bool(logits)),
+                                        best, batch.ctypes.data):
+            raise ValueError(f"a token of {list(tokens)} or position {pos} outside the model's range")
+        return list(best) if logits else [0] * n
 
     def start(self, memory: mx.array, max_len: int) -> NativeSentence:
         """Begin a sentence: ``memory`` ``(1, S, D)`` from the encoder; up to ``max_len`` target positions."""
