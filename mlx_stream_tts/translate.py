@@ -528,7 +528,7 @@ class Translator:
         host's work overlaps the model's (one step is computed in vain at the end).
         """
         B = len(sources)
-        native = self._native()
+        native = self._native() if B <= NativeDecoder.MAX_ROWS else None
         if native is not None and B == 1:
             return [self._collect(list(self._greedy_native(native, sources[0], tgt_lang_id, limits[0])), limits[0])]
         if native is not None:
@@ -631,7 +631,7 @@ class Translator:
         pad, eos = self.tokenizer.pad_id, self._eos
         # transformers' max_length counts the decoder start token and the language code.
         max_length = 2 + max(limits)
-        native = self._native()
+        native = self._native() if B * nb <= NativeDecoder.MAX_ROWS else None
         steps = _NativeSteps(self, native, sources, tgt_lang_id, nb, max_length + 1) if native is not None \
             else _MlxSteps(self, sources, tgt_lang_id, nb)
         prompt = [self.args.decoder_start_token_id, tgt_lang_id]

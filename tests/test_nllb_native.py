@@ -94,6 +94,12 @@ def test_batches_and_beams_equal_transformers(tmp_path_factory, monkeypatch):
         expected = _hf_generate(hf, ref, SAMPLE_TEXTS, 12, beams)
         assert tr.generate(_sources(ref, SAMPLE_TEXTS), tgt, beam_size=beams, max_new_tokens=12, guard=False) == expected
     assert max(rows) == 3 * len(SAMPLE_TEXTS[: tr.max_batch])  # every beam of a batch in one call
+    # More rows than one native call takes: MLX decodes them, with the same ids.
+    rows.clear()
+    wide = tr.generate(_sources(ref, SAMPLE_TEXTS[:3]), tgt, beam_size=30, max_new_tokens=6, guard=False)
+    assert not rows
+    assert wide == Translator.load(get_converted(tmp_path_factory, "d24odd"), native=False).generate(
+        _sources(ref, SAMPLE_TEXTS[:3]), tgt, beam_size=30, max_new_tokens=6, guard=False)
 
 
 @pytest.mark.parametrize("kernel", [0, 2])
