@@ -128,12 +128,15 @@ def _flat(norms, linears, rest) -> list:
 
 
 class NativeDecoder:
-    """One sentence's greedy decoding steps in C over ``model``'s weights.
+    """Decoding steps in C over ``model``'s weights.
 
-    ``start(memory, max_len)`` takes the encoder output ``(1, S, D)``, computes the cross-attention
-    keys/values once (with MLX) and returns the sentence's state, whose ``step(token, pos)`` feeds one
-    token. Build with :meth:`create`, which returns None where the model or machine does not allow it.
+    ``start(memory, max_len)`` takes a sentence's encoder output ``(1, S, D)``, computes the
+    cross-attention keys/values once (with MLX) and returns the sentence's state, whose ``step(token,
+    pos)`` feeds one token; :meth:`step_rows` feeds several sentences (or beams) at once. Build with
+    :meth:`create`, which returns None where the model or machine does not allow it.
     """
+
+    MAX_ROWS = 64  # data/nllb_decode.c's MAX_ROWS: sentences in one step_rows call
 
     def __init__(self, model: Model, lib: ctypes.CDLL):
         self.model, self._lib = model, lib
@@ -186,8 +189,6 @@ class NativeDecoder:
             return False
         before = _flat(*self._arrays)
         return len(now) == len(before) and all(a is b for a, b in zip(now, before))
-
-    MAX_ROWS = 64  # data/nllb_decode.c's MAX_ROWS
 
     def step_rows(self, sentences: list[NativeSentence], tokens: list[int], pos: int, logits: bool = True) -> list[int]:
         """One step of several sentences (or beams) of this decoder at the same position ``pos``: the
