@@ -197,8 +197,9 @@ __attribute__((target("avx512f,avx512bw,fma"))) static void qrows_avx512(const v
  * products summed into each int32 lane) against x in three signed bytes, x ~= xscale * (254^2 * x1 +
  * 254 * x2 + x3), which keeps x to ~6e-8 of its largest element, float32's own precision. Per group the
  * exact int32 sums combine as a1 * 254^2 + (a2 * 254 + a3) (the bracket in int32: no overflow for groups
- * up to 128), and take the group's scale. Converting
- * each weight to a float instead (the kernel above) was compute-bound at ~11 GB/s per core. */
+ * up to 128), and take the group's scale. Converting each weight to a float instead (the kernel above)
+ * was compute-bound at ~11 GB/s per core. This one's dense arithmetic leaves few loads in flight (one
+ * core: ~23 GB/s from memory, ~38 from cache); prefetching 512 bytes ahead gives ~8% back. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inline __m256i bytes32(const uint8_t *q, int e,
                                                                                                   int bits) {
     if (bits == 8) return _mm256_loadu_si256((const __m256i *)(q + e));
@@ -207,6 +208,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inlin
     return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
 }
 
+#ifndef QPREFETCH
+#define QPREFETCH 512
+#endif
 #define VNNI_ROWS(R)                                                                                          \
     do {                                                                                                      \
         const uint8_t *q[R];                                                                                  \
@@ -223,6 +227,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inlin
                 __m256i v2 = _mm256_loadu_si256((const __m256i *)(j->x2 + e));                               \
                 __m256i v3 = _mm256_loadu_si256((const __m256i *)(j->x3 + e));                               \
                 for (int r = 0; r < R; ++r) {                                                                 \
+                    _mm_prefetch((const char *)q[r] + e * bits / 8 + QPREFETCH, _MM_HINT_T0);                   \
                     __m256i w = bytes32(q[r], e, bits);                                                       \
                     a[r] = _mm256_dpbusd_epi32(a[r], w, v1);                                                  \
                     b[r] = _mm256_dpbusd_epi32(b[r], w, v2);                                                  \
