@@ -314,3 +314,35 @@ def test_fused_quantized_qkv_is_the_same_model(tmp_path_factory):
     np.testing.assert_array_equal(after, before)
     float_model = Translator.load(get_converted(tmp_path_factory, "d64q")).model
     assert float_model.model.decoder.layers[0].self_attn.fused_quantized() is None
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_worker_threads_give_the_same_scores(tmp_path_factory, quantized):
+    """Every product split over the gemv shim's two threads in tiny chunks (these products are far below
+    the size that is split by default): the same scores, bit for bit, as on one thread; batches too."""
+    options = dict(q_bits=8, q_group_size=32) if quantized else {}
+    model = Translator.load(get_converted(tmp_path_factory, "d64q", **options)).model
+    decoder = NativeDecoder.create(model)
+    shim = _blas.gemv_shim
+    rng = np.random.default_rng(4)
+    sources = [mx.array([[256, *rng.integers(4, 250, n).tolist(), 2]], dtype=mx.int32) for n in (4, 8, 6)]
+    tokens = [[2, 2, 2]] + [[int(t) for t in rng.integers(4, 300, 3)] for _ in range(5)]
+
+    def run(threads):
+        shim.mst_gemv_shim_configure(threads, -1, -1, 0, 256)  # split everything, 256-byte chunks
+        one = decoder.start(model.encode(sources[0]), 8)
+        rows = [decoder.start(model.encode(s), 8) for s in sources]
+        out = []
+        for pos, step in enumerate(tokens):
+            one.step(step[0], pos)
+            decoder.step_rows(rows, step, pos)
+            out.append([one.logits.copy()] + [r.logits.copy() for r in rows])
+        return out
+
+    try:
+        single, split = run(1), run(2)
+    finally:
+        shim.mst_gemv_shim_configure(_blas.blas_threads(), *_blas.GEMV_POOL_DEFAULTS)
+    for a, b in zip(single, split):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
