@@ -433,8 +433,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="hub id (e.g. facebook/nllb-200-distilled-600M) or a local folder in the hub layout")
     parser.add_argument("--out", default=str(default_model_dir()), help="output folder")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                        help="weight dtype (float32 is the fastest on CPU; float16/bfloat16 halve the size)")
-    parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize to 4 or 8 bits (smaller; slower on CPU)")
+                        help="weight dtype (on a CPU keep float32: float16/bfloat16 halve the size but MLX's CPU kernels "
+                             "for them are slow)")
+    parser.add_argument("--q-bits", type=int, choices=[4, 8],
+                        help="quantize to 4 or 8 bits (smaller; on a CPU 8 bits also decodes ~2x faster than float32)")
     parser.add_argument("--q-group-size", type=int, choices=[32, 64, 128], default=64, help="quantization group size")
     parser.add_argument("--restrict-vocab", nargs="+", metavar="LANG",
                         help="keep only output tokens these languages write (e.g. jpn_Jpan, or ja eng_Latn)")
