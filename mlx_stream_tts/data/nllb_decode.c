@@ -273,8 +273,8 @@ static task_fn qrows = qrows_plain;
 
 /* ------------------------------------------------------- float32 products for several rows */
 
-/* y[v * n + i] = w[i] . x[v] (+ bias[i]) for vectors v < nv (a multiple of 4, zero-padded): each weight
- * row is read once for all the vectors (a batch of sentences, or beams), instead of once per vector. */
+/* y[v * n + i] = w[i] . x[v] (+ bias[i]) for vectors v < nv (even, zero-padded): each weight row is read
+ * once for all the vectors (a batch of sentences, or beams), instead of once per vector. */
 typedef struct {
     const float *w, *x, *bias;
     float *y;
@@ -290,12 +290,56 @@ static void frows_plain(const void *ctx, int r0, int r1) {
 }
 
 #ifdef HAVE_AVX512
-/* Four weight rows by four vectors: sixteen sums, each weight and x vector loaded once per 16 columns
- * (x from L1). Rows are read with aligned loads after a masked head when k keeps them on one alignment
- * (loads across cache lines read ~40% slower). Sixteen FMAs per four cache lines cut one core's read
- * speed from ~41 to ~17 GB/s here (the same loop with four FMAs reads at 41); prefetching 256 bytes
- * ahead gives ~10% back. Still: four rows in one pass instead of four passes. */
+/* Four weight rows by `vec` (4 or 2) vectors: up to sixteen sums, each weight and x vector loaded once
+ * per 16 columns (x from L1). Rows are read with aligned loads after a masked head when k keeps them on
+ * one alignment (loads across cache lines read ~40% slower). Sixteen FMAs per four cache lines cut one
+ * core's read speed from ~41 to ~17 GB/s here (the same loop with four FMAs reads at 41); prefetching
+ * 256 bytes ahead gives ~10% back. Still: four rows in one pass instead of four passes. */
 #define PREFETCH 256
+__attribute__((target("avx512f,fma"), always_inline)) static inline void four_rows(
+    const fjob *j, const float *const *w, int i, int live, int v0, int vec, int head, int body, __mmask16 hm,
+    __mmask16 tm, int aligned) {
+    int k = j->k;
+    const float *x[4];
+    for (int v = 0; v < 4; ++v) x[v] = j->x + (size_t)(v0 + (v < vec ? v : 0)) * k;
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+#define BLOCK(LOAD_X, LOAD_W, E)                                                                             \
+    do {                                                                                                     \
+        __m512 xv[4];                                                                                        \
+        for (int v = 0; v < vec; ++v) xv[v] = LOAD_X(x[v] + (E));                                            \
+        for (int r = 0; r < 4; ++r) {                                                                        \
+            __m512 wv = LOAD_W(w[r] + (E));                                                                  \
+            for (int v = 0; v < vec; ++v) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);                 \
+        }                                                                                                    \
+    } while (0)
+#define HEAD(q) _mm512_maskz_loadu_ps(hm, q)
+#define TAIL(q) _mm512_maskz_loadu_ps(tm, q)
+#define PREFETCH_ROWS(E) for (int r = 0; r < 4; ++r) _mm_prefetch((const char *)(w[r] + (E)) + PREFETCH, _MM_HINT_T0)
+    if (head) BLOCK(HEAD, HEAD, 0);
+    if (aligned) {
+        for (int e = head; e < body; e += 16) {
+            PREFETCH_ROWS(e);
+            BLOCK(_mm512_loadu_ps, _mm512_load_ps, e);
+        }
+    } else {
+        for (int e = head; e < body; e += 16) {
+            PREFETCH_ROWS(e);
+            BLOCK(_mm512_loadu_ps, _mm512_loadu_ps, e);
+        }
+    }
+    if (body < k) BLOCK(TAIL, TAIL, body);
+#undef BLOCK
+#undef HEAD
+#undef TAIL
+#undef PREFETCH_ROWS
+    for (int r = 0; r < live; ++r)
+        for (int v = 0; v < vec; ++v)
+            j->y[(size_t)(v0 + v) * j->n + i + r] = _mm512_reduce_add_ps(acc[r][v]) + (j->bias ? j->bias[i + r] : 0.0f);
+}
+
+/* nv even: passes of four vectors, then one of two. */
 __attribute__((target("avx512f,fma"))) static void frows_avx512(const void *ctx, int r0, int r1) {
     const fjob *j = ctx;
     int k = j->k;
@@ -308,47 +352,9 @@ __attribute__((target("avx512f,fma"))) static void frows_avx512(const void *ctx,
         int body = head + ((k - head) & ~15);
         __mmask16 hm = (__mmask16)((1u << head) - 1u), tm = (__mmask16)((1u << (k - body)) - 1u);
         int aligned = k % 16 == 0 && (head || (uintptr_t)w[0] % 64 == 0); /* all four rows on one alignment */
-        for (int v0 = 0; v0 < j->nv; v0 += 4) {
-            const float *x0 = j->x + (size_t)v0 * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;
-            __m512 acc[4][4];
-            for (int r = 0; r < 4; ++r)
-                for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-#define BLOCK(LOAD_X, LOAD_W, E)                                                                             \
-    do {                                                                                                     \
-        __m512 xv0 = LOAD_X(x0 + (E)), xv1 = LOAD_X(x1 + (E)), xv2 = LOAD_X(x2 + (E)), xv3 = LOAD_X(x3 + (E)); \
-        for (int r = 0; r < 4; ++r) {                                                                        \
-            __m512 wv = LOAD_W(w[r] + (E));                                                                  \
-            acc[r][0] = _mm512_fmadd_ps(wv, xv0, acc[r][0]);                                                 \
-            acc[r][1] = _mm512_fmadd_ps(wv, xv1, acc[r][1]);                                                 \
-            acc[r][2] = _mm512_fmadd_ps(wv, xv2, acc[r][2]);                                                 \
-            acc[r][3] = _mm512_fmadd_ps(wv, xv3, acc[r][3]);                                                 \
-        }                                                                                                    \
-    } while (0)
-#define HEAD(q) _mm512_maskz_loadu_ps(hm, q)
-#define TAIL(q) _mm512_maskz_loadu_ps(tm, q)
-#define PREFETCH_ROWS(E) for (int r = 0; r < 4; ++r) _mm_prefetch((const char *)(w[r] + (E)) + PREFETCH, _MM_HINT_T0)
-            if (head) BLOCK(HEAD, HEAD, 0);
-            if (aligned) {
-                for (int e = head; e < body; e += 16) {
-                    PREFETCH_ROWS(e);
-                    BLOCK(_mm512_loadu_ps, _mm512_load_ps, e);
-                }
-            } else {
-                for (int e = head; e < body; e += 16) {
-                    PREFETCH_ROWS(e);
-                    BLOCK(_mm512_loadu_ps, _mm512_loadu_ps, e);
-                }
-            }
-            if (body < k) BLOCK(TAIL, TAIL, body);
-#undef BLOCK
-#undef HEAD
-#undef TAIL
-#undef PREFETCH_ROWS
-            for (int r = 0; r < live; ++r)
-                for (int v = 0; v < 4; ++v)
-                    j->y[(size_t)(v0 + v) * j->n + i + r] =
-                        _mm512_reduce_add_ps(acc[r][v]) + (j->bias ? j->bias[i + r] : 0.0f);
-        }
+        int v0 = 0;
+        for (; v0 + 4 <= j->nv; v0 += 4) four_rows(j, w, i, live, v0, 4, head, body, hm, tm, aligned);
+        if (v0 < j->nv) four_rows(j, w, i, live, v0, 2, head, body, hm, tm, aligned);
     }
 }
 #endif
@@ -472,8 +478,8 @@ static void linear_rows(const nllb_decoder *const *ms, int n, float *const *in, 
         for (int r = 0; r < n; ++r) linear(ms[r], in[r], lin, rows, k, out[r] + off, xsum[r]);
         return;
     }
-    int nv = (n + 3) & ~3;
-    float *xb = batch, *yb = batch + (size_t)nv * k;
+    int nv = (n + 1) & ~1, room = (n + 3) & ~3; /* the kernel takes vectors four, then two at a time */
+    float *xb = batch, *yb = batch + (size_t)room * k;
     for (int r = 0; r < nv; ++r) {
         if (r < n) memcpy(xb + (size_t)r * k, in[r], sizeof(float) * (size_t)k);
         else memset(xb + (size_t)r * k, 0, sizeof(float) * (size_t)k);
