@@ -513,6 +513,10 @@ class Translator:
         hidden = self.model.decode(prompt, memory, cache, mask)[:, -1]
         return hidden, memory, mask, cache
 
+    def _token_of(self, column: int) -> int:
+        """The token id of an output column (restricted heads keep a subset of the vocabulary)."""
+        return column if self._output_ids is None else int(self._output_ids[column])
+
     def _to_token_ids(self, columns: mx.array) -> mx.array:
         return columns if self._output_ids_mx is None else self._output_ids_mx[columns]
 
@@ -529,8 +533,6 @@ class Translator:
         """
         B = len(sources)
         native = self._native() if B <= NativeDecoder.MAX_ROWS else None
-        if native is not None and B == 1:
-            return [self._collect(list(self._greedy_native(native, sources[0], tgt_lang_id, limits[0])), limits[0])]
         if native is not None:
             return self._greedy_native_rows(native, sources, tgt_lang_id, limits)
         pad, eos = self.tokenizer.pad_id, self._eos
@@ -577,15 +579,14 @@ class Translator:
         sentence.step(self.args.decoder_start_token_id, 0, logits=False)
         token = tgt_lang_id
         for pos in range(1, limit + 1):
-            column = sentence.step(token, pos)
-            token = column if self._output_ids is None else int(self._output_ids[column])
+            token = self._token_of(sentence.step(token, pos))
             yield token
             if token == self._eos:
                 return
 
     def _greedy_native_rows(self, native: NativeDecoder, sources: list[list[int]], tgt_lang_id: int,
                             limits: list[int]) -> list[tuple[list[int], bool]]:
-        """Greedy decoding of several sentences with the native step, all rows in one call per token (a
+        """Greedy decoding of sentences with the native step, all rows in one call per token (a
         sentence leaves the batch when it ends)."""
         sentences = []
         for source, limit in zip(sources, limits):
@@ -599,7 +600,7 @@ class Translator:
             columns = native.step_rows([sentences[i] for i in live], [feed[i] for i in live], pos)
             still = []
             for i, column in zip(live, columns):
-                token = column if self._output_ids is None else int(self._output_ids[column])
+                token = self._token_of(column)
                 outputs[i].append(token)
                 feed[i] = token
                 if token != self._eos and len(outputs[i]) < limits[i]:

@@ -73,6 +73,16 @@ static float lanes_sum(const float *acc) {
     return s;
 }
 
+/* Sum of x[0:n] in 16 fixed lanes (an order that does not depend on where x lies). */
+static float total(const float *x, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; ++l) acc[l] += x[j + l];
+    for (int l = 0; j < n; ++j, ++l) acc[l] += x[j];
+    return lanes_sum(acc);
+}
+
 static float dot(const float *a, const float *b, int n) {
     float acc[16] = {0};
     int j = 0;
@@ -83,16 +93,11 @@ static float dot(const float *a, const float *b, int n) {
 }
 
 static void layer_norm(const float *x, const float *w, const float *b, float eps, int d, float *out) {
-    float acc[16] = {0};
-    int j = 0;
-    for (; j + 16 <= d; j += 16)
-        for (int l = 0; l < 16; ++l) acc[l] += x[j + l];
-    for (int l = 0; j < d; ++j, ++l) acc[l] += x[j];
-    float mean = lanes_sum(acc) * (1.0f / (float)d);
-    for (int j2 = 0; j2 < d; ++j2) out[j2] = x[j2] - mean;
+    float mean = total(x, d) * (1.0f / (float)d);
+    for (int j = 0; j < d; ++j) out[j] = x[j] - mean;
     float var = dot(out, out, d) * (1.0f / (float)d);
     float r = 1.0f / sqrtf(var + eps);
-    for (int j2 = 0; j2 < d; ++j2) out[j2] = out[j2] * r * w[j2] + b[j2];
+    for (int j = 0; j < d; ++j) out[j] = out[j] * r * w[j] + b[j];
 }
 
 /* ------------------------------------------------------------------ quantized products */
@@ -109,6 +114,11 @@ typedef struct {
 
 static inline long row_bytes(const qjob *j) { return (long)j->k * j->bits / 8; }
 
+/* Weight c of a quantized row: one byte each, or two per byte, the low nibble first. */
+static inline int quant_value(const uint8_t *q, int c, int bits) {
+    return bits == 8 ? q[c] : (q[c >> 1] >> ((c & 1) * 4)) & 15;
+}
+
 static void qrows_plain(const void *ctx, int r0, int r1) {
     const qjob *j = ctx;
     int gs = j->group_size, groups = j->k / gs;
@@ -118,11 +128,7 @@ static void qrows_plain(const void *ctx, int r0, int r1) {
         float total = 0.0f;
         for (int g = 0; g < groups; ++g) {
             float acc[16] = {0};
-            for (int e = 0; e < gs; ++e) {
-                int c = g * gs + e;
-                int v = j->bits == 8 ? q[c] : (q[c >> 1] >> ((c & 1) * 4)) & 15;
-                acc[e & 15] += (float)v * j->x[c];
-            }
+            for (int e = 0; e < gs; ++e) acc[e & 15] += (float)quant_value(q, g * gs + e, j->bits) * j->x[g * gs + e];
             total += sc[g] * lanes_sum(acc) + off[g] * j->xsum[g];
         }
         j->y[i] = total + (j->bias ? j->bias[i] : 0.0f);
@@ -145,53 +151,42 @@ __attribute__((target("avx512f,avx512bw,fma"))) static inline __m512 weights16(c
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
 }
 
-/* Four rows at a time: four independent sums keep the FMA units busy; x comes from L1. */
+/* R rows from row i (R = 4: four independent sums keep the FMA units busy); x comes from L1. */
+#define FLOAT_ROWS(R)                                                                                         \
+    do {                                                                                                      \
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;             \
+        __m512 t[R];                                                                                          \
+        float o[R];                                                                                           \
+        for (int r = 0; r < R; ++r) {                                                                         \
+            t[r] = _mm512_setzero_ps();                                                                       \
+            o[r] = 0.0f;                                                                                      \
+        }                                                                                                     \
+        for (int g = 0; g < groups; ++g) {                                                                    \
+            __m512 a[R];                                                                                      \
+            for (int r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();                                           \
+            for (int e = g * gs; e < (g + 1) * gs; e += 16) {                                                 \
+                __m512 xv = _mm512_loadu_ps(j->x + e);                                                        \
+                for (int r = 0; r < R; ++r)                                                                   \
+                    a[r] = _mm512_fmadd_ps(weights16(j->q + (size_t)(i + r) * rb, e, bits), xv, a[r]);        \
+            }                                                                                                 \
+            for (int r = 0; r < R; ++r) {                                                                     \
+                t[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * groups + g]), a[r], t[r]);                       \
+                o[r] += off[r * groups + g] * j->xsum[g];                                                     \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int r = 0; r < R; ++r)                                                                           \
+            j->y[i + r] = _mm512_reduce_add_ps(t[r]) + o[r] + (j->bias ? j->bias[i + r] : 0.0f);              \
+    } while (0)
+
 __attribute__((target("avx512f,avx512bw,fma"))) static void qrows_avx512(const void *ctx, int r0, int r1) {
     const qjob *j = ctx;
     int gs = j->group_size, groups = j->k / gs, bits = j->bits;
     long rb = row_bytes(j);
     int i = r0;
-    for (; i + 4 <= r1; i += 4) {
-        const uint8_t *q0 = j->q + (size_t)i * rb, *q1 = q0 + rb, *q2 = q1 + rb, *q3 = q2 + rb;
-        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
-        __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
-        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-        for (int g = 0; g < groups; ++g) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int e = g * gs; e < (g + 1) * gs; e += 16) {
-                __m512 xv = _mm512_loadu_ps(j->x + e);
-                a0 = _mm512_fmadd_ps(weights16(q0, e, bits), xv, a0);
-                a1 = _mm512_fmadd_ps(weights16(q1, e, bits), xv, a1);
-                a2 = _mm512_fmadd_ps(weights16(q2, e, bits), xv, a2);
-                a3 = _mm512_fmadd_ps(weights16(q3, e, bits), xv, a3);
-            }
-            float xs = j->xsum[g];
-            t0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), a0, t0); o0 += off[g] * xs;
-            t1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[groups + g]), a1, t1); o1 += off[groups + g] * xs;
-            t2 = _mm512_fmadd_ps(_mm512_set1_ps(sc[2 * groups + g]), a2, t2); o2 += off[2 * groups + g] * xs;
-            t3 = _mm512_fmadd_ps(_mm512_set1_ps(sc[3 * groups + g]), a3, t3); o3 += off[3 * groups + g] * xs;
-        }
-        const float *b = j->bias ? j->bias + i : NULL;
-        j->y[i] = _mm512_reduce_add_ps(t0) + o0 + (b ? b[0] : 0.0f);
-        j->y[i + 1] = _mm512_reduce_add_ps(t1) + o1 + (b ? b[1] : 0.0f);
-        j->y[i + 2] = _mm512_reduce_add_ps(t2) + o2 + (b ? b[2] : 0.0f);
-        j->y[i + 3] = _mm512_reduce_add_ps(t3) + o3 + (b ? b[3] : 0.0f);
-    }
-    for (; i < r1; ++i) {
-        const uint8_t *q0 = j->q + (size_t)i * rb;
-        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
-        __m512 t0 = _mm512_setzero_ps();
-        float o0 = 0.0f;
-        for (int g = 0; g < groups; ++g) {
-            __m512 a0 = _mm512_setzero_ps();
-            for (int e = g * gs; e < (g + 1) * gs; e += 16)
-                a0 = _mm512_fmadd_ps(weights16(q0, e, bits), _mm512_loadu_ps(j->x + e), a0);
-            t0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[g]), a0, t0);
-            o0 += off[g] * j->xsum[g];
-        }
-        j->y[i] = _mm512_reduce_add_ps(t0) + o0 + (j->bias ? j->bias[i] : 0.0f);
-    }
+    for (; i + 4 <= r1; i += 4) FLOAT_ROWS(4);
+    for (; i < r1; ++i) FLOAT_ROWS(1);
 }
+#undef FLOAT_ROWS
 
 /* The integer kernel: 8-bit dot products (vpdpbusd: unsigned weight bytes times signed bytes, four
  * products summed into each int32 lane) against x in three signed bytes, x ~= xscale * (254^2 * x1 +
@@ -208,11 +203,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inlin
     return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
 }
 
-#ifndef QPREFETCH
 #define QPREFETCH 512
-#endif
 #define VNNI_ROWS(R)                                                                                          \
     do {                                                                                                      \
+        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;             \
         const uint8_t *q[R];                                                                                  \
         __m256 t[R];                                                                                          \
         for (int r = 0; r < R; ++r) {                                                                         \
@@ -257,14 +251,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static void 
     int gs = j->group_size, groups = j->k / gs, bits = j->bits;
     long rb = row_bytes(j);
     int i = r0;
-    for (; i + 4 <= r1; i += 4) {
-        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
-        VNNI_ROWS(4);
-    }
-    for (; i < r1; ++i) {
-        const float *sc = j->scales + (size_t)i * groups, *off = j->offsets + (size_t)i * groups;
-        VNNI_ROWS(1);
-    }
+    for (; i + 4 <= r1; i += 4) VNNI_ROWS(4);
+    for (; i < r1; ++i) VNNI_ROWS(1);
 }
 #undef VNNI_ROWS
 #endif
@@ -397,11 +385,7 @@ static void linear(const nllb_decoder *m, const float *x, const linear_t *lin, i
         return;
     }
     int gs = m->group_size, groups = k / gs;
-    for (int g = 0; g < groups; ++g) {
-        float acc[16] = {0};
-        for (int e = 0; e < gs; ++e) acc[e & 15] += x[g * gs + e];
-        xsum[g] = lanes_sum(acc);
-    }
+    for (int g = 0; g < groups; ++g) xsum[g] = total(x + g * gs, gs);
     qjob job = {lin->w, lin->scales, lin->offsets, lin->bias, x, xsum, out, k, gs, m->bits, NULL, NULL, NULL, 0.0f};
     task_fn kern = qrows;
 #ifdef HAVE_AVX512
@@ -427,10 +411,7 @@ static void embedding_row(const nllb_decoder *m, const linear_t *e, int row, flo
     int gs = m->group_size, groups = d / gs;
     const uint8_t *q = (const uint8_t *)e->w + (size_t)row * d * m->bits / 8;
     const float *sc = e->scales + (size_t)row * groups, *off = e->offsets + (size_t)row * groups;
-    for (int c = 0; c < d; ++c) {
-        int v = m->bits == 8 ? q[c] : (q[c >> 1] >> ((c & 1) * 4)) & 15;
-        out[c] = sc[c / gs] * (float)v + off[c / gs];
-    }
+    for (int c = 0; c < d; ++c) out[c] = sc[c / gs] * (float)quant_value(q, c, m->bits) + off[c / gs];
 }
 
 /* Attention of one query (d, in heads) over n rows of keys/values laid out (n, d). */

@@ -276,37 +276,29 @@ class Attention(nn.Module):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if not all(type(p) is Linear and "bias" in p and p.weight.dtype == mx.float32 for p in projs):
             return None  # quantized or half precision: separate products
-        current = [a for p in projs for a in (p.weight, p.bias)]
-        cached = self.__dict__.get("_fused_qkv")  # outside the parameter tree on purpose
-        if cached is not None and all(a is b for a, b in zip(cached[2], current)):
-            return cached[0], cached[1]
-        weight = mx.concatenate([p.weight for p in projs])
-        bias = mx.concatenate([p.bias for p in projs])
-        mx.eval(weight, bias)
-        dims = projs[0].weight.shape[0]
-        for i, p in enumerate(projs):
-            p.weight, p.bias = weight[i * dims : (i + 1) * dims], bias[i * dims : (i + 1) * dims]
-            mx.eval(p.weight, p.bias)
-        views = [a for p in projs for a in (p.weight, p.bias)]
-        object.__setattr__(self, "_fused_qkv", (weight, bias, views))
-        return weight, bias
-
+        return self._fuse("_fused_qkv", ("weight", "bias"))
 
     def fused_quantized(self) -> tuple[mx.array, mx.array, mx.array, mx.array] | None:
         """q/k/v as one quantized ``(3 * D, ...)`` matrix: ``(weight, scales, biases, bias)``, for the native
-        decoding step (one product instead of three). As with :meth:`_fused`, the three layers' arrays
-        become row views of it (no extra memory). None unless all three are affine-quantized alike."""
+        decoding step (one product instead of three), made as :meth:`_fused` makes the float one. None
+        unless all three are affine-quantized alike."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        names = ("weight", "scales", "biases", "bias")
         if not all(type(p) is nn.QuantizedLinear and "bias" in p and getattr(p, "mode", "affine") == "affine"
                    for p in projs):
             return None
         if len({(p.group_size, p.bits) for p in projs}) != 1:
             return None
+        return self._fuse("_fused_quantized", ("weight", "scales", "biases", "bias"))
+
+    def _fuse(self, key: str, names: tuple[str, ...]) -> tuple[mx.array, ...]:
+        """The q/k/v layers' arrays ``names`` as one ``(3 * D, ...)`` array each, made once and kept under
+        ``key`` (outside the parameter tree on purpose). The three layers' arrays become row views of
+        them (no extra memory); weights loaded later undo the fusion."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
         current = [p[n] for p in projs for n in names]
-        cached = self.__dict__.get("_fused_quantized")  # outside the parameter tree on purpose
-        if cached is not None and all(a is b for a, b in zip(cached[1], current)):
-            return cached[0]
+        cached = self.__dict__.get(key)
+        if cached is not None and all(a is b for a, b in zip(cached[-1], current)):
+            return cached[:-1]
         fused = tuple(mx.concatenate([p[n] for p in projs]) for n in names)
         mx.eval(fused)
         rows = projs[0].weight.shape[0]
@@ -315,7 +307,7 @@ class Attention(nn.Module):
                 setattr(p, n, whole[i * rows : (i + 1) * rows])
         views = [p[n] for p in projs for n in names]
         mx.eval(views)
-        object.__setattr__(self, "_fused_quantized", (fused, views))
+        object.__setattr__(self, key, (*fused, views))
         return fused
 
 
