@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
-from mlx_stream_tts import _blas
+from mlx_stream_tts.cpu import blas as _blas
 from mlx_stream_tts.audio import NullSink
 from mlx_stream_tts.pipeline import Pipeline
 

@@ -157,7 +157,7 @@ def run_ours(path: Path, tokens: list[str], runs: int, native: bool = True) -> d
     times = {k: _best(f, runs) for k, f in (("encoder", encoder), ("first", first), ("total", full))}
     # Time inside the gemv shim's own kernel during one more generation: how fast the products alone
     # read in place, next to everything else a step does.
-    from mlx_stream_tts import _blas
+    from mlx_stream_tts.cpu import blas as _blas
 
     (s0, b0), start = _blas.gemv_kernel_time(), time.perf_counter()
     full()
@@ -263,7 +263,7 @@ def _gemv_gbs() -> float:
 
     import numpy as np
 
-    from mlx_stream_tts import _blas
+    from mlx_stream_tts.cpu import blas as _blas
 
     if _blas.gemv_shim is None:
         return 0.0

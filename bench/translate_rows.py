@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
-    from mlx_stream_tts import _blas
+    from mlx_stream_tts.cpu import blas as _blas
     from mlx_stream_tts.translate import Translator
 
     _blas.set_blas_threads(2)

@@ -116,7 +116,7 @@ def child(engine: str, mode: str, threads: int, count: int, precision: str = "au
     sentences = _sentences()[:count]
     if engine == "mlx":
         import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
-        from mlx_stream_tts._blas import set_blas_threads
+        from mlx_stream_tts.cpu.blas import set_blas_threads
         from mlx_stream_tts.voice import Voice
 
         set_blas_threads(threads)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
     import mlx.core as mx
-    from mlx_stream_tts._blas import active_blas, set_blas_threads
+    from mlx_stream_tts.cpu.blas import active_blas, set_blas_threads
     from mlx_stream_tts.voice import Voice
 
     mlx_threads = [int(t) for t in args.mlx_threads.split(",") if t.strip()] or [args.threads]

@@ -23,10 +23,11 @@ from pathlib import Path
 import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx is imported)
 import numpy as np
 
-from mlx_stream_tts.audio_metrics import aligned_logmel_correlation, duration_ratio, seam_scores
 from mlx_stream_tts.voice import MODES, Prosody, Voice, WindowPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from audio_metrics import aligned_logmel_correlation, duration_ratio, seam_scores  # noqa: E402
 from tts import SENTENCES  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """mlx_stream_tts: English text streams (e.g. Claude Code output) to spoken Japanese, on MLX.
 
-Importing the package first makes MLX's CPU backend use OpenBLAS on Linux (see ``_blas.py``); that
+Importing the package first makes MLX's CPU backend use OpenBLAS on Linux (see ``cpu/blas.py``); that
 only works if nothing imported ``mlx.core`` earlier in the process. The public names load on first
 use so that ``import mlx_stream_tts`` (and the CLI's ``--dry-run``) stays light.
 """
@@ -8,7 +8,8 @@ use so that ``import mlx_stream_tts`` (and the CLI's ``--dry-run``) stays light.
 import atexit
 from importlib import import_module
 
-from ._blas import ensure_fast_blas, release_thread_streams
+from .cpu.blas import ensure_fast_blas
+from .threads import release_thread_streams
 
 ensure_fast_blas()
 atexit.register(release_thread_streams)  # the main thread's MLX streams, before shutdown

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._blas import release_thread_streams
+from .threads import release_thread_streams
 from .audio import NullSink
 from .chunking import SentenceChunker, code_cue, is_code_block, speakable
 from .types import SAMPLE_RATE, SinkLike, TranslatorLike, VoiceLike

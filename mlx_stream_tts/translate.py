@@ -27,7 +27,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
-from .models.nllb_native import NativeDecoder
+from .cpu.nllb_step import NativeDecoder
 from .nllb_tokenizer import LANGUAGE_CODES, M2M100_LANGUAGE_CODES, NllbTokenizer, load_tokenizer
 from .paths import cache_root
 

@@ -109,7 +109,7 @@ class MlxEngine:
         Raises:
             RuntimeError: ``"int8"`` asked for where the kernel cannot run.
         """
-        from . import _native
+        from .cpu import int8_conv as _native
 
         dec = self.model.decoder
         dec.unpack_int8()

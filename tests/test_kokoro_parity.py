@@ -118,7 +118,7 @@ def test_model_loaded_on_one_thread_runs_on_another(tmp_path_factory):
 @pytest.mark.parametrize("case", [(1, "jf_alpha", 1.0), (2, "jm_kumo", 1.2)])
 def test_int8_decoder_matches_onnx(runs, case):
     """The 8-bit CPU convolutions (what onnxruntime does with this file) keep the same bar."""
-    from mlx_stream_tts import _native
+    from mlx_stream_tts.cpu import int8_conv as _native
 
     if _native.int8_conv() is None:
         pytest.skip("no AVX-512 VNNI or no C compiler: the int8 kernel is not built here")

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from mlx_stream_tts.audio_metrics import (
+from audio_metrics import (
     aligned_logmel_correlation,
     dtw_path,
     duration_ratio,
@@ -457,7 +457,7 @@ def test_real_voice_windowed_needs_no_more_memory_than_oneshot(real_voice):
 
 @pytest.mark.slow
 def test_real_voice_precision_switch(real_voice, monkeypatch):
-    from mlx_stream_tts import _native
+    from mlx_stream_tts.cpu import int8_conv as _native
 
     engine = real_voice.engine
     text = "はい、確認します。"

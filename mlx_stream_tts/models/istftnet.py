@@ -22,7 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .. import _blas, _native
+from ..cpu import blas as _blas
+from ..cpu import int8_conv as _native
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 

@@ -32,7 +32,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import _blas
+from ..cpu import blas as _blas
 
 
 # Layout version of converted folders (config["mlx_stream_tts"]["format"]). 2: the output head is stored

@@ -16,7 +16,7 @@ import json, sys, time
 if sys.argv[1] == "mlx-first":
     import mlx.core
 import mlx_stream_tts
-from mlx_stream_tts import _blas
+from mlx_stream_tts.cpu import blas as _blas
 import mlx.core as mx
 a = mx.random.normal((256, 2048)); b = mx.random.normal((2048, 512)); mx.eval(a, b)
 mx.eval(a @ b)
@@ -57,7 +57,7 @@ def test_late_import_warns():
 
 _THREADS = r"""
 import mlx_stream_tts
-from mlx_stream_tts import _blas
+from mlx_stream_tts.cpu import blas as _blas
 get = _blas._handles[-1].openblas_get_num_threads
 print(get(), _blas.default_blas_threads(), _blas.blas_threads(), end=" ")
 _blas.set_blas_threads(1)
@@ -87,7 +87,7 @@ _ROW_MAJOR, _COL_MAJOR, _NO_TRANS, _TRANS = 101, 102, 111, 112
 
 
 def _shim():
-    from mlx_stream_tts import _blas
+    from mlx_stream_tts.cpu import blas as _blas
 
     if _blas.gemv_shim is None:
         pytest.skip("gemv shim not built (no C compiler or no OpenBLAS)")
@@ -301,7 +301,7 @@ def test_shim_threads_follow_blas_threads():
 _SHIM_PROBE = r"""
 import json
 import mlx_stream_tts
-from mlx_stream_tts import _blas
+from mlx_stream_tts.cpu import blas as _blas
 import mlx.core as mx
 import numpy as np
 w = mx.random.normal((3000, 512)); x = mx.random.normal((1, 512)); c = mx.random.normal((3000,)); mx.eval(w, x, c)
@@ -330,7 +330,7 @@ def test_mlx_one_row_products_go_through_the_shim_and_can_be_turned_off():
 
 
 def test_unwritable_cache_only_loses_the_shim(tmp_path, monkeypatch):
-    from mlx_stream_tts import _blas
+    from mlx_stream_tts.cpu import blas as _blas
 
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")  # mkdir under it fails
@@ -348,7 +348,7 @@ def test_unwritable_cache_only_loses_the_shim(tmp_path, monkeypatch):
 _IDLE_PROBE = r"""
 import json, os, time
 import mlx_stream_tts
-from mlx_stream_tts import _blas
+from mlx_stream_tts.cpu import blas as _blas
 import mlx.core as mx
 _blas.set_blas_threads(2)
 a = mx.random.normal((512, 1024)); mx.eval(a)

@@ -7,7 +7,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_stream_tts import _native
+from mlx_stream_tts.cpu import int8_conv as _native
+from mlx_stream_tts.cpu.build import build
 from mlx_stream_tts.models.istftnet import AdaINResBlock1, Conv1d
 
 needs_kernel = pytest.mark.skipif(_native.int8_conv() is None, reason="no AVX-512 VNNI or no C compiler here")
@@ -135,8 +136,8 @@ def test_switched_off_by_environment(monkeypatch):
 def test_no_compiler_or_unreadable_source_means_no_kernel(monkeypatch, tmp_path):
     monkeypatch.setenv("MLX_STREAM_TTS_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert _native.build("int8_conv.c", ("-DMST_TEST_KEY",)) is None
-    assert _native.build("no_such_kernel.c") is None
+    assert build("int8_conv.c", ("-DMST_TEST_KEY",)) is None
+    assert build("no_such_kernel.c") is None
 
 
 @needs_kernel
@@ -237,7 +238,7 @@ def test_a_damaged_cached_kernel_is_built_again(monkeypatch, tmp_path):
     monkeypatch.setenv("MLX_STREAM_TTS_CACHE", str(tmp_path))
     _native.int8_conv.cache_clear()
     try:
-        path = _native.build("int8_conv.c", _native._INT8_FLAGS)
+        path = build("int8_conv.c", _native._INT8_FLAGS)
         assert path is not None and path.parent.parent == tmp_path
         path.write_bytes(b"not a shared library")
         _native.int8_conv.cache_clear()

@@ -6,7 +6,7 @@ the standard names (``sgemm_``, ``cblas_sgemm``) into the global symbol scope *b
 first imported makes the dynamic linker bind MLX's BLAS calls to it. This module must therefore run
 before anything imports ``mlx``; ``mlx_stream_tts/__init__.py`` calls :func:`ensure_fast_blas` first.
 
-One-row products (decoding steps) go through a small C shim, data/gemv_shim.c, compiled once into the
+One-row products (decoding steps) go through a small C shim, kernels/gemv_shim.c, compiled once into the
 cache when a C compiler exists (``MLX_STREAM_TTS_GEMV=0`` turns it off): it binds MLX's ``cblas_sgemm``
 and computes those products in place, with its own AVX-512 kernel and worker threads where the CPU has
 AVX-512 (the decoding case: rows of dot products), else with OpenBLAS's ``cblas_sgemv``.
@@ -26,7 +26,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .paths import cache_root
+from ..paths import cache_root
+from .build import failures
 
 logger = logging.getLogger(__name__)
 
@@ -129,19 +130,19 @@ def _try_load(path: Path) -> bool:
     return True
 
 
-#: The shim's worker pool (see mst_gemv_shim_configure in data/gemv_shim.c): ns an idle worker polls
+#: The shim's worker pool (see mst_gemv_shim_configure in kernels/gemv_shim.c): ns an idle worker polls
 #: with pause, ns it keeps polling with sched_yield before it sleeps, the smallest product (bytes) split
 #: over threads, bytes per chunk.
 GEMV_POOL_DEFAULTS = (20_000, 2_000_000, 256 * 1024, 64 * 1024)
-#: The loaded gemv shim (see data/gemv_shim.c), or None.
+#: The loaded gemv shim (see kernels/gemv_shim.c), or None.
 gemv_shim: ctypes.CDLL | None = None
 
 
 def _build_gemv_shim() -> Path | None:
-    """Compile data/gemv_shim.c once into the cache (keyed by its hash); None without a C compiler."""
-    from . import _native  # here, not at import: it imports numpy, whose OpenBLAS must see our settings
+    """Compile kernels/gemv_shim.c once into the cache (keyed by its hash); None without a C compiler."""
+    from .build import build
 
-    path = _native.build("gemv_shim.c", ("-O2",), ("-ldl",), directory=_cache_dir())
+    path = build("gemv_shim.c", ("-O2",), ("-ldl",), directory=_cache_dir())
     if path is None:
         logger.info("gemv shim not built: one-row products keep OpenBLAS's packed sgemm (decoding ~2x slower)")
     return path
@@ -150,12 +151,20 @@ def _build_gemv_shim() -> Path | None:
 def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
     global gemv_shim
     if os.environ.get("MLX_STREAM_TTS_GEMV", "1").strip().lower() in ("0", "no", "off", "false"):
+        failures["gemv_shim.c"] = "turned off by MLX_STREAM_TTS_GEMV=0"
+        return
+    if os.environ.get("MLX_STREAM_TTS_BACKEND", "").strip().lower() == "mlx":
+        # The shim replaces MLX's one-row products process-wide: part of the accelerator, so the pure
+        # model everywhere means no shim either (OpenBLAS itself stays: it is MLX's BLAS, not our code).
+        failures["gemv_shim.c"] = "MLX_STREAM_TTS_BACKEND=mlx"
         return
     if not hasattr(openblas, "cblas_sgemv"):
+        failures["gemv_shim.c"] = "this OpenBLAS has no cblas_sgemv"
         return
     try:
         path = _build_gemv_shim()
     except OSError as err:  # no source file, a read-only cache: decoding just stays on the slower path
+        failures["gemv_shim.c"] = str(err)
         logger.info("gemv shim not built: %s", err)
         return
     if path is None:
@@ -173,6 +182,7 @@ def _load_gemv_shim(openblas: ctypes.CDLL) -> None:
         shim.mst_gemv_shim_configure.argtypes = [ctypes.c_int] + [ctypes.c_long] * 4
         shim.mst_gemv_shim_configure(1, *GEMV_POOL_DEFAULTS)  # threads: set with OpenBLAS's below
     except (OSError, AttributeError) as err:
+        failures["gemv_shim.c"] = f"not loadable ({err})"
         logger.info("gemv shim not loaded: %s", err)
         return
     gemv_shim = shim
@@ -308,18 +318,6 @@ def blas_threads() -> int:
         getter = _openblas_function("openblas_get_num_threads")
         _threads = int(getter()) if getter is not None else 1
     return _threads
-
-
-def release_thread_streams() -> None:
-    """Destroy the MLX streams the calling thread created (no-op if MLX was never imported).
-
-    MLX 0.32 no longer cleans up per-thread streams at exit by itself: a process whose worker threads
-    ran MLX can abort during interpreter shutdown ("terminate called without an active exception",
-    exit 134). Each thread that ran MLX calls this when it ends; the main thread does at exit.
-    """
-    mx = sys.modules.get("mlx.core")
-    if mx is not None and hasattr(mx, "clear_streams"):
-        mx.clear_streams()
 
 
 def blas_in_process() -> list[str]:

@@ -1,80 +1,25 @@
-"""Small C kernels for the CPU, compiled once into the cache and loaded with ctypes.
+"""The vocoder's 8-bit convolution kernel (kernels/int8_conv.c): packing, the convolution, channel statistics.
 
-MLX's CPU backend lacks fast low-precision compute, and each of its ops costs microseconds of
-dispatch. Where a stage needs more (the vocoder's 8-bit convolutions, data/int8_conv.c; a translator
-decoding step in one call, data/nllb_decode.c) a kernel is compiled on first use with the system C
-compiler, keyed by the source's hash, the flags and the machine, and loaded only when the CPU has the
-instructions it was built for. Without a compiler or those instructions, callers keep their MLX path.
+onnxruntime runs the shipped Kokoro file's convolutions in 8 bits; MLX's CPU backend has no fast
+low-precision kernels. This kernel does the same with AVX-512 VNNI integer dot products: the input
+quantized asymmetrically to uint8 (one scale per call), the weight to int8 (one scale per output
+channel), exact int32 accumulation. An AdaIN + Snake before a conv is fused into its quantization.
+Used by :mod:`.vocoder_int8`; available only where the CPU has AVX-512 VNNI and a C compiler exists.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from .paths import cache_root
+from .build import cpu_flags, disabled, failures, load
 
 logger = logging.getLogger(__name__)
-
-_DATA = Path(__file__).parent / "data"
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def build(source: str, flags: tuple[str, ...] = (), libs: tuple[str, ...] = (),
-          directory: Path | None = None) -> Path | None:
-    """Compile ``data/<source>`` into a shared library in ``directory`` (the cache's ``lib`` folder);
-    None if that is not possible. ``flags`` go to the compiler (a later ``-O`` wins over ``-O3``),
-    ``libs`` to the linker."""
-    src = _DATA / source
-    try:
-        code = src.read_bytes()
-    except OSError as err:
-        logger.info("kernel source %s unreadable: %s", src, err)
-        return None
-    key = hashlib.sha256(code + " ".join(flags + libs).encode() + platform.machine().encode()).hexdigest()[:16]
-    target = (directory or cache_root() / "lib") / f"libmst_{src.stem}-{key}.so"
-    if target.exists():
-        return target
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        logger.info("no C compiler: %s not built", source)
-        return None
-    tmp = target.with_suffix(f".tmp{os.getpid()}.so")
-    cmd = [compiler, "-O3", "-shared", "-fPIC", *flags, "-o", str(tmp), str(src), *libs, "-lm", "-pthread"]
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        logger.info("could not build %s: %s", source, err)
-        return None
-    if proc.returncode != 0:
-        logger.info("could not build %s: %s", source, proc.stderr.strip()[:500])
-        tmp.unlink(missing_ok=True)
-        return None
-    os.replace(tmp, target)
-    return target
-
 
 _INT8_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma")
 _INT8_CPU = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma")
@@ -84,33 +29,16 @@ _i8p = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
 _i32p = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 
 
-def _load(source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
-    """Build (or take from the cache) and load ``data/<source>``; None if either fails."""
-    for _ in range(2):
-        path = build(source, flags)
-        if path is None:
-            return None
-        try:
-            return ctypes.CDLL(str(path))
-        except OSError as err:  # a damaged file in the cache: built again once
-            logger.info("%s not loaded: %s", source, err)
-            path.unlink(missing_ok=True)
-    return None
-
-
-def _disabled(variable: str) -> bool:
-    return os.environ.get(variable, "1").strip().lower() in ("0", "no", "off", "false")
-
-
 @lru_cache(maxsize=1)
 def int8_conv() -> ctypes.CDLL | None:
-    """data/int8_conv.c loaded, or None (no AVX-512 VNNI, no compiler, or ``MLX_STREAM_TTS_INT8=0``)."""
-    if _disabled("MLX_STREAM_TTS_INT8"):
+    """kernels/int8_conv.c loaded, or None (no AVX-512 VNNI, no compiler, or ``MLX_STREAM_TTS_INT8=0``)."""
+    if disabled("MLX_STREAM_TTS_INT8"):
+        failures["int8_conv.c"] = "turned off by MLX_STREAM_TTS_INT8=0"
         return None
     if not set(_INT8_CPU) <= cpu_flags():
-        logger.info("CPU without AVX-512 VNNI: the vocoder keeps float32 convolutions")
+        failures["int8_conv.c"] = "this CPU lacks AVX-512 VNNI"
         return None
-    lib = _load("int8_conv.c", _INT8_FLAGS)
+    lib = load("int8_conv.c", _INT8_FLAGS)
     if lib is None:
         return None
     c_int = ctypes.c_int
@@ -128,33 +56,6 @@ def int8_conv() -> ctypes.CDLL | None:
     f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
     lib.mst_channel_stats.argtypes = [_f32p, c_int, c_int, c_int, c_int, f64p, f64p, f64p, f64p, _f32p, _f32p, c_int]
     lib.mst_channel_stats.restype = c_int
-    return lib
-
-
-@lru_cache(maxsize=1)
-def nllb_decode() -> ctypes.CDLL | None:
-    """data/nllb_decode.c loaded, or None (no compiler, or ``MLX_STREAM_TTS_NATIVE_DECODE=0``)."""
-    if _disabled("MLX_STREAM_TTS_NATIVE_DECODE"):
-        return None
-    # Built for this CPU: its quantized-product kernels ran ~2x faster so than with only the AVX-512 flags
-    # (GCC 12, AMD EPYC). The CPU's flags go into the cache key, so another CPU builds its own.
-    tag = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
-    lib = _load("nllb_decode.c", ("-march=native", f"-DMST_CPU_{tag}"))
-    if lib is None:
-        return None
-    lib.mst_nllb_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.mst_nllb_step.restype = ctypes.c_int
-    lib.mst_nllb_work_size.argtypes = [ctypes.c_int] * 4
-    lib.mst_nllb_work_size.restype = ctypes.c_long
-    ip = ctypes.POINTER(ctypes.c_int)
-    lib.mst_nllb_step_rows.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ip, ctypes.c_int, ctypes.c_int,
-                                       ip, ctypes.c_void_p]
-    lib.mst_nllb_step_rows.restype = ctypes.c_int
-    lib.mst_nllb_batch_size.argtypes = [ctypes.c_int] * 4
-    lib.mst_nllb_batch_size.restype = ctypes.c_long
-    lib.mst_nllb_set_kernel.argtypes = [ctypes.c_int]
-    lib.mst_nllb_set_kernel.restype = ctypes.c_int
-    lib.mst_nllb_set_kernel(2)  # the fastest the CPU has
     return lib
 
 

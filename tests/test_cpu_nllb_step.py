@@ -6,12 +6,13 @@ from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_conver
 import mlx.core as mx
 import numpy as np
 
-from mlx_stream_tts import _blas, _native
-from mlx_stream_tts.models.nllb_native import NativeDecoder
+from mlx_stream_tts.cpu import blas as _blas
+from mlx_stream_tts.cpu.nllb_step import nllb_decode
+from mlx_stream_tts.cpu.nllb_step import NativeDecoder
 from mlx_stream_tts.translate import Translator
 
 needs_native = pytest.mark.skipif(
-    _blas.gemv_shim is None or _native.nllb_decode() is None, reason="no gemv shim or C compiler here"
+    _blas.gemv_shim is None or nllb_decode() is None, reason="no gemv shim or C compiler here"
 )
 pytestmark = [pytest.mark.slow, needs_native]
 
@@ -107,7 +108,7 @@ def test_batches_and_beams_equal_transformers(tmp_path_factory, monkeypatch):
 def test_step_rows_equals_one_row_at_a_time(tmp_path_factory, kernel, name):
     """Several sentences in one call: the scores each gets alone (other summation order: ~1e-6), with
     the plain C and the AVX-512 kernels, rows on one alignment (d 64) or not (d 24)."""
-    lib = _native.nllb_decode()
+    lib = nllb_decode()
     lib.mst_nllb_set_kernel(kernel)
     try:
         _step_rows_case(tmp_path_factory, name)
@@ -190,7 +191,7 @@ def test_quantized_steps_match_the_mlx_model(tmp_path_factory, bits, group_size,
 def test_quantized_kernels_agree(tmp_path_factory, bits):
     """The plain C, AVX-512 float and AVX-512 VNNI kernels (those the CPU has) give the same scores; the
     integer one within its rounding of x (scores move by ~1e-5 of their size)."""
-    lib = _native.nllb_decode()
+    lib = nllb_decode()
     model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)).model
     decoder = NativeDecoder.create(model)
     runs = {}
@@ -237,13 +238,13 @@ def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, monkeypatch,
 
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("MLX_STREAM_TTS_NATIVE_DECODE", "0")
-    _native.nllb_decode.cache_clear()
+    nllb_decode.cache_clear()
     try:
-        assert _native.nllb_decode() is None
+        assert nllb_decode() is None
     finally:
         monkeypatch.delenv("MLX_STREAM_TTS_NATIVE_DECODE")
-        _native.nllb_decode.cache_clear()
-    assert _native.nllb_decode() is not None
+        nllb_decode.cache_clear()
+    assert nllb_decode() is not None
 
 
 def test_new_weights_are_picked_up(tmp_path_factory):
