@@ -120,8 +120,8 @@ def _speak(args: argparse.Namespace) -> int:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
         model_dir = args.model_dir or default_model_dir()
         try:
-            translator = Translator.load(model_dir)
-        except (FileNotFoundError, ValueError) as err:
+            translator = Translator.load(model_dir, backend=args.backend)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: cpu.AcceleratorError
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
     voice = None
@@ -129,7 +129,7 @@ def _speak(args: argparse.Namespace) -> int:
         from .voice import Voice
 
         try:
-            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision)
+            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision, backend=args.backend)
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
@@ -216,8 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
     speak.add_argument("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
     speak.add_argument("--model-dir", help="converted NLLB model folder (default: the cache folder)")
+    speak.add_argument("--backend", choices=("auto", "mlx", "cpu"), default="auto",
+                       help="auto = the CPU accelerator where MLX runs on a CPU that supports it, else the pure MLX "
+                            "models (a GPU); mlx = the pure models; cpu = the accelerator or an error saying why not "
+                            "(MLX_STREAM_TTS_BACKEND=mlx forces the pure models)")
     speak.add_argument("--voice-precision", choices=("auto", "int8", "float32"), default="auto",
-                       help="the vocoder's convolutions: auto = int8 where the CPU kernel runs (AVX-512 VNNI)")
+                       help="the vocoder's convolutions with the CPU accelerator: auto = int8 where its kernel runs "
+                            "(AVX-512 VNNI)")
     speak.add_argument("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
     speak.set_defaults(func=_speak)
 

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import sentencepiece as spm
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +75,14 @@ _CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (
              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
+def _processor(sp_model: str | Path):
+    """A sentencepiece processor for the model file (imported here: the rest of the package, e.g.
+    bench/device.py's stand-in tokenizer, works without the sentencepiece package)."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(sp_model))
+
+
 def default_meta(sp_size: int, clean_up_tokenization_spaces: bool = False) -> dict:
     """The id layout of NLLB's tokenizer for a sentencepiece model of ``sp_size`` pieces."""
     offset = 1  # fairseq: 4 specials replace sentencepiece's 3
@@ -101,7 +108,7 @@ class NllbTokenizer:
     """
 
     def __init__(self, sp_model: str | Path, meta: dict | None = None):
-        self.sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+        self.sp = _processor(sp_model)
         meta = meta or default_meta(self.sp.get_piece_size())
         self._set_special_ids(meta)
         self.piece_offset: int = meta["piece_offset"]
@@ -205,7 +212,7 @@ class M2M100Tokenizer(NllbTokenizer):
     """
 
     def __init__(self, sp_model: str | Path, vocab: dict[str, int], meta: dict):
-        self.sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+        self.sp = _processor(sp_model)
         self.vocab = dict(vocab)
         self.id_to_vocab_piece = {i: p for p, i in self.vocab.items()}
         self._set_special_ids(meta)
