@@ -154,7 +154,11 @@ def bench_nllb(dtype: str, backend: str, tokens: int, runs: int) -> dict:
 
 
 def describe_translator(tr) -> str:
-    return str(getattr(tr, "backend", "?"))
+    """What runs the translator: the pure model, or the accelerator (with or without its C step)."""
+    accel = tr.accelerator
+    if accel is None:
+        return "mlx"
+    return "cpu+c-step" if getattr(accel, "step", None) is not None else "cpu"
 
 
 # ----------------------------------------------------------------------------------------- voice
@@ -164,7 +168,7 @@ def random_kokoro():
     """Kokoro-82M's shape with random weights; 3 frames per phoneme from the duration projection."""
     from mlx.utils import tree_map
 
-    from mlx_stream_tts.models.kokoro import Model, ModelArgs
+    from mlx_stream_tts.models.kokoro import Model, ModelArgs, _private_arrays
 
     mx.random.seed(0)
     model = Model(ModelArgs())
@@ -176,7 +180,9 @@ def random_kokoro():
     p = FRAMES_PER_PHONEME / max_dur
     proj.bias = mx.full(proj.bias.shape, math.log(p / (1 - p)))
     model.eval()
-    mx.eval(model.parameters())
+    # Constant tables too (as load_model does): a lazy array belongs to the thread that built it, and the
+    # pipeline runs the voice on its own thread.
+    mx.eval(model.parameters(), _private_arrays(model))
     return model
 
 
@@ -186,15 +192,8 @@ def make_voice(backend: str):
     model = random_kokoro()
     vocab = {c: i + 1 for i, c in enumerate(" ,.!?abcdefghijklmnopqrstuvwxyz")}
     styles = {"random": np.random.default_rng(0).normal(0, 0.3, (510, 256)).astype(np.float32)}
-    engine = MlxEngine(model)
-    apply_voice_backend(engine, backend)
+    engine = MlxEngine(model, backend=backend)
     return Voice(engine, styles, vocab, voice="random", g2p=lambda text: text)
-
-
-def apply_voice_backend(engine, backend: str) -> None:
-    from mlx_stream_tts.cpu import voice as cpu_voice
-
-    engine.backend = cpu_voice.accelerate(engine.model, backend)
 
 
 def bench_voice(backend: str, runs: int) -> dict:
@@ -208,7 +207,7 @@ def bench_voice(backend: str, runs: int) -> dict:
         samples = len(first) + sum(len(c) for c in chunks)
         total.append(time.perf_counter() - start)
     audio_s = samples / voice.sample_rate
-    return dict(part="voice", backend=backend, applied=str(getattr(voice.engine, "backend", "?")),
+    return dict(part="voice", backend=backend, applied=f"{voice.engine.backend}-{voice.engine.precision}",
                 audio_s=audio_s, first_chunk_ms=min(first_chunk[1:]) * 1e3, rtf=min(total[1:]) / audio_s)
 
 
