@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one (the children run this file too)
 SRC_TOKENS = 24
 NEW_TOKENS = 32
 THREADS = 2
@@ -101,7 +102,6 @@ def build_ours(folder: Path, hf: Path, name: str) -> Path:
         return out
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from convert.nllb import convert_nllb
 
     opts = dict(OURS[name])
@@ -141,7 +141,6 @@ def peak_mb() -> float:
 
 
 def run_ours(path: Path, tokens: list[str], runs: int, c_step: bool = True) -> dict:
-    sys.path.insert(0, str(ROOT))
     import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
     import mlx.core as mx
     from mlx.utils import tree_flatten

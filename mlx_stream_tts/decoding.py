@@ -31,7 +31,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # the C step is only ever handed in by the CPU accelerator
     from .cpu.nllb_step import DecodingStep, SentenceState
-    from .models.nllb import DecoderCache, Model
+    from .models.nllb import Model
 
 Decoded = tuple[list[int], bool]  # output ids without </s>, and whether </s> ended them
 
@@ -49,7 +49,12 @@ class Vocabulary:
         self.start, self.eos, self.pad, self.vocab_size = start, eos, pad, vocab_size
         self.output_token_ids = output_token_ids
         self._host_ids = None if output_token_ids is None else np.array(output_token_ids).tolist()
-        self._columns: mx.array | None = None
+        self._columns = None  # token id -> output column, or len(output_token_ids) where there is none
+        if output_token_ids is not None:
+            n_out = output_token_ids.shape[0]
+            self._columns = mx.full((vocab_size,), n_out, dtype=mx.int32)
+            self._columns[output_token_ids] = mx.arange(n_out, dtype=mx.int32)
+            mx.eval(self._columns)  # not a lazy graph of the thread that made it
 
     def tokens(self, columns: mx.array) -> mx.array:
         """Token ids of output columns (on the device)."""
@@ -59,15 +64,10 @@ class Vocabulary:
         """The token id of one output column (on the host)."""
         return column if self._host_ids is None else self._host_ids[column]
 
-    def columns(self, tokens: mx.array, n_out: int) -> mx.array:
-        """Output columns of token ids; ``n_out`` (one past the last) for tokens a restricted head lacks."""
-        if self.output_token_ids is None:
-            return tokens
-        if self._columns is None:
-            table = mx.full((self.vocab_size,), n_out, dtype=mx.int32)
-            table[self.output_token_ids] = mx.arange(n_out, dtype=mx.int32)
-            self._columns = table
-        return self._columns[tokens]
+    def columns(self, tokens: mx.array) -> mx.array:
+        """Output columns of token ids (on the device); one past the last column for tokens that a
+        restricted head lacks."""
+        return tokens if self._columns is None else self._columns[tokens]
 
 
 def collect(tokens: list[int], limit: int, eos: int) -> Decoded:
@@ -250,7 +250,7 @@ def ban_repeated_ngrams(logprobs: mx.array, seqs: mx.array, n: int, vocab: Vocab
     for j in range(n - 1):  # window i's j-th token equals the j-th of the last n - 1 tokens
         match = match & (seqs[:, j : j + windows] == seqs[:, length - n + 1 + j : length - n + 2 + j])
     n_out = logprobs.shape[-1]
-    columns = vocab.columns(seqs[:, n - 1 : n - 1 + windows], n_out)
+    columns = vocab.columns(seqs[:, n - 1 : n - 1 + windows])
     hits = mx.zeros((R, n_out + 1), dtype=mx.int32).at[mx.arange(R)[:, None], columns].add(match.astype(mx.int32))
     return mx.where(hits[:, :n_out] > 0, -mx.inf, logprobs)
 

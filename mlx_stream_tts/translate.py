@@ -170,6 +170,7 @@ class Translator:
             model.load_weights(list(weights.items()), strict=True)
         except ValueError as err:
             raise ValueError(f"{weights_path} does not fit its config.json ({err}); convert again with: {how} --overwrite") from None
+        del weights  # arrays replaced later (casts, the CPU graph's fused q/k/v) are then freed at once
         if target is not None:
             model.apply(lambda p: p.astype(target) if mx.issubdtype(p.dtype, mx.floating) and p.dtype != target else p)
         model.eval()
