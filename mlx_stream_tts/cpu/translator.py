@@ -93,8 +93,8 @@ def accelerate(
     if step is not None:
         bits = model.args.quantization["bits"] if model.args.quantization else 0
         chosen.append(f"one-call decoding step ({f'{bits}-bit' if bits else 'float32'})")
-    elif not c_step:
-        chosen.append("MLX ops per decoding step (c_step=False)")
+    else:
+        chosen.append("MLX ops per decoding step" + ("" if c_step else " (c_step=False)"))
     logger.info("translator on the CPU: %s", ", ".join(chosen))
     return TranslatorAccelerator(model, step, parallel)
 
