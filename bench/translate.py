@@ -7,8 +7,18 @@ Builds once (cached in ~/.cache/mlx_stream_tts/bench/nllb-600M-random, outside t
 M2M100 of the exact nllb-200-distilled-600M shape, converts it with our converter (each dtype /
 quantization, with and without a restricted output vocabulary) and with CTranslate2's converter, then
 times each engine in its own subprocess (so peak memory is its own): batch 1, a 24-token source,
-exactly 32 new tokens (greedy). Speed does not depend on the weight values. "ours-*" decode one
-sentence with the native step (models/nllb_native.py), "ours-*-mlx" with every step as MLX ops.
+exactly 32 new tokens (greedy). Speed does not depend on the weight values. Our rows:
+
+- "ours-*": the default on this machine (backend "auto"): the CPU accelerator, each decoding step in one
+  C call (cpu/nllb_step.py) over the CPU graph's weights (cpu/nllb_graph.py);
+- "ours-*-mlx": the same CPU graph, every step as MLX ops (``Translator.load(..., c_step=False)``);
+- "ours-*-pure": the pure model of models/nllb.py, what a Mac runs, here on this CPU: a child process with
+  ``MLX_STREAM_TTS_BACKEND=mlx``, so no part of the accelerator (not even the gemv shim under MLX's
+  one-row products) is loaded; MLX still uses OpenBLAS. Quantized pure rows run MLX's quantized CPU
+  kernels, encoder included.
+
+Models are loaded in their stored dtype (``dtype=None``): the fp16/bf16 rows measure MLX's half-precision
+CPU kernels, which ``dtype="auto"`` would avoid by loading float32.
 
 The restricted variants keep 32,000 output rows chosen at random: the size we expect for
 ``--restrict-vocab jpn_Jpan`` on the real vocabulary (Han, kana, digits and punctuation); the
@@ -27,6 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one (the children run this file too)
 SRC_TOKENS = 24
 NEW_TOKENS = 32
 THREADS = 2
@@ -45,8 +56,10 @@ OURS = {
     "ours-int8-r32k": dict(dtype="float32", q_bits=8, restrict=True),
     "ours-int4": dict(dtype="float32", q_bits=4),
 }
-# The same folders decoded with every step as MLX ops (Translator(native=False)), for comparison.
+# The same folders decoded with every step as MLX ops (Translator.load(c_step=False)), for comparison.
 MLX_STEPS = {f"{name}-mlx": name for name in ("ours-fp32", "ours-fp32-r32k")}
+# The same folders on the pure model (backend "mlx", in a child without the accelerator).
+PURE = {f"{name}-pure": name for name in ("ours-fp32", "ours-fp32-r32k", "ours-int8-r32k")}
 PEERS = ["transformers-fp32", "transformers-bf16", "ct2-float32", "ct2-int8"]
 
 
@@ -89,7 +102,6 @@ def build_ours(folder: Path, hf: Path, name: str) -> Path:
         return out
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from convert.nllb import convert_nllb
 
     opts = dict(OURS[name])
@@ -128,16 +140,16 @@ def peak_mb() -> float:
 # ------------------------------------------------------------------------------ engines (child)
 
 
-def run_ours(path: Path, tokens: list[str], runs: int, native: bool = True) -> dict:
-    sys.path.insert(0, str(ROOT))
+def run_ours(path: Path, tokens: list[str], runs: int, c_step: bool = True) -> dict:
     import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
     from mlx_stream_tts.translate import Translator
 
-    # Two cores, as the peers get (THREADS).
-    tr = Translator.load(path, parallel=THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1", native=native)
+    # Two cores, as the peers get (THREADS). The stored dtype, whatever the device prefers.
+    parallel = THREADS > 1 and os.environ.get("BENCH_PARALLEL", "1") == "1"
+    tr = Translator.load(path, dtype=None, c_step=c_step, parallel=parallel)
     loaded_mb = peak_mb()
     tok = tr.tokenizer
     src = [tok.lang_id("eng_Latn")] + [tok.sp.piece_to_id(p) + tok.piece_offset for p in tokens[1:-1]] + [tok.eos_id]
@@ -232,7 +244,9 @@ def child(name: str, folder: Path, runs: int) -> None:
     if name in OURS:
         result = run_ours(folder / name, tokens, runs)
     elif name in MLX_STEPS:
-        result = run_ours(folder / MLX_STEPS[name], tokens, runs, native=False)
+        result = run_ours(folder / MLX_STEPS[name], tokens, runs, c_step=False)
+    elif name in PURE:  # the child runs with MLX_STREAM_TTS_BACKEND=mlx
+        result = run_ours(folder / PURE[name], tokens, runs)
     elif name.startswith("transformers-"):
         result = run_transformers(hf, tokens, runs, {"fp32": "float32", "bf16": "bfloat16"}[name.split("-")[1]])
     else:
@@ -287,7 +301,8 @@ def _timed(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (min is reported)")
-    parser.add_argument("--only", nargs="+", help=f"engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PEERS])})")
+    parser.add_argument("--only", nargs="+",
+                        help=f"engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PURE, *PEERS])})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = cache_dir()
@@ -296,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = args.only or [*OURS, *MLX_STEPS, *PEERS]
+    names = args.only or [*OURS, *MLX_STEPS, *PURE, *PEERS]
     hf = build_hf(folder)
     for name in names:
-        if name in OURS or name in MLX_STEPS:
-            build_ours(folder, hf, MLX_STEPS.get(name, name))
+        if name in OURS or name in MLX_STEPS or name in PURE:
+            build_ours(folder, hf, MLX_STEPS.get(name, PURE.get(name, name)))
         elif name.startswith("ct2-"):
             build_ct2(folder, hf, name.split("-", 1)[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS))
@@ -309,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         # This shared VM's read speed drifts (41-79 GB/s seen): measure it beside each engine, before
         # and after, and keep the higher (the stricter bound).
         before = bandwidth_gbs()
+        child_env = dict(env, MLX_STREAM_TTS_BACKEND="mlx") if name in PURE else env
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(args.runs)],
-                              capture_output=True, text=True, env=env)
+                              capture_output=True, text=True, env=child_env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -275,7 +275,7 @@ def _char_allowed(char: str, prefixes: tuple[str, ...]) -> bool:
 
 def restricted_token_ids(tokenizer: NllbTokenizer, langs: list[str], sample_text: str | None = None) -> list[int]:
     """Token ids the languages ``langs`` can write (see the module docstring), sorted."""
-    from mlx_stream_tts.translate import lang_script
+    from mlx_stream_tts.languages import lang_script
 
     prefixes: tuple[str, ...] = ()
     for lang in langs:
@@ -447,7 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `convert nllb` from parsed arguments; returns the exit code."""
-    from mlx_stream_tts.translate import resolve_lang
+    from mlx_stream_tts.languages import resolve_lang
 
     try:
         langs = [resolve_lang(code) for code in args.restrict_vocab] if args.restrict_vocab else None

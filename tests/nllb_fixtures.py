@@ -9,10 +9,20 @@ Import the fixtures into a test module with ``from nllb_fixtures import ...``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# MLX_STREAM_TTS_BACKEND=mlx runs the whole suite on the pure model: what only the CPU accelerator does
+# cannot be tested then (the variable wins over any backend a test asks for).
+PURE_ONLY = os.environ.get("MLX_STREAM_TTS_BACKEND", "").strip().lower() == "mlx"
+needs_accelerator = pytest.mark.skipif(
+    PURE_ONLY, reason="tests the CPU accelerator, which MLX_STREAM_TTS_BACKEND=mlx turns off")
+
+# The translator's backends as tests load them: the pure model, and the CPU accelerator.
+BACKENDS = ["mlx", pytest.param("cpu", marks=needs_accelerator)]
 
 # A small bilingual corpus: enough distinct pieces for a few hundred BPE merges.
 _EN = [

@@ -1,20 +1,19 @@
-"""models/nllb_native.py: the one-call decoding step against transformers and the MLX model."""
+"""cpu/nllb_step.py: the one-call C decoding step against transformers and the pure MLX model."""
 
 import pytest
-from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted
+from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted, needs_accelerator
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_stream_tts.cpu import blas as _blas
-from mlx_stream_tts.cpu.nllb_step import nllb_decode
-from mlx_stream_tts.cpu.nllb_step import NativeDecoder
+from mlx_stream_tts.cpu.nllb_step import DecodingStep, nllb_decode
 from mlx_stream_tts.translate import Translator
 
-needs_native = pytest.mark.skipif(
+needs_step = pytest.mark.skipif(
     _blas.gemv_shim is None or nllb_decode() is None, reason="no gemv shim or C compiler here"
 )
-pytestmark = [pytest.mark.slow, needs_native]
+pytestmark = [pytest.mark.slow, needs_accelerator, needs_step]
 
 
 def _reference(hf, ref, text, steps=12):
@@ -34,7 +33,7 @@ def _reference(hf, ref, text, steps=12):
 def test_every_step_matches_transformers(tmp_path_factory, name):
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
     model = Translator.load(get_converted(tmp_path_factory, name)).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     assert decoder is not None
     for text in SAMPLE_TEXTS[:3]:
         ids, dec, logits = _reference(hf, ref, text)
@@ -47,59 +46,63 @@ def test_every_step_matches_transformers(tmp_path_factory, name):
                 assert best == dec[pos + 1]
 
 
-def test_restricted_head_matches_the_mlx_model(tmp_path_factory):
-    """Over a restricted head the scores are the MLX model's kept columns, step by step."""
-    model = Translator.load(get_converted(tmp_path_factory, "d24odd", restrict_vocab=["jpn_Jpan"])).model
-    decoder = NativeDecoder.create(model)
-    for expected, got, best in _random_sentence(model, decoder, 12, seed=3):
-        assert got.shape == (model.lm_head.weight.shape[0],)
+@pytest.mark.parametrize("options", [{}, dict(restrict_vocab=["jpn_Jpan"])])
+def test_steps_match_the_pure_model(tmp_path_factory, options):
+    """Step by step, the C step gives the pure MLX model's scores (over a restricted head: its kept
+    columns), and picks its best column."""
+    path = get_converted(tmp_path_factory, "d24odd", **options)
+    model = Translator.load(path).model
+    decoder = DecodingStep.create(model)
+    pure = Translator.load(path, backend="mlx").model
+    for expected, got, best in _random_sentence(model, decoder, 12, seed=3, reference=pure):
+        assert got.shape == (pure.logits(mx.zeros((1, pure.args.d_model))).shape[-1],)
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
         assert best == int(np.argmax(expected))
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_translator_uses_it_with_the_same_output(tmp_path_factory, monkeypatch, name):
-    """Greedy, one sentence: the native path runs and returns what generate() and the MLX path return."""
+    """Greedy, one sentence: the C step runs and returns what generate() and the pure model return."""
     from test_translate import _hf_generate, _sources
 
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
     path = get_converted(tmp_path_factory, name)
-    native, plain = Translator.load(path), Translator.load(path, native=False)
+    fast, plain = Translator.load(path), Translator.load(path, backend="mlx")
     starts = []
-    original = NativeDecoder.start
-    monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: starts.append(1) or original(self, *a))
+    original = DecodingStep.start
+    monkeypatch.setattr(DecodingStep, "start", lambda self, *a: starts.append(1) or original(self, *a))
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for text in SAMPLE_TEXTS:
         expected = _hf_generate(hf, ref, [text], 14, 1)
         sources = _sources(ref, [text])
-        assert native.generate(sources, tgt, max_new_tokens=14, guard=False) == expected
+        assert fast.generate(sources, tgt, max_new_tokens=14, guard=False) == expected
         assert plain.generate(sources, tgt, max_new_tokens=14, guard=False) == expected
-        streamed = list(native._greedy_stream(sources[0], tgt, 14))
+        streamed = list(fast._stream(sources[0], tgt, 14))
         assert streamed == expected[0]
-    assert len(starts) == 2 * len(SAMPLE_TEXTS)  # never on the plain translator
-    assert plain._native_decoder is None
+    assert len(starts) == 2 * len(SAMPLE_TEXTS)  # never on the pure translator
+    assert plain.accelerator is None
 
 
 def test_batches_and_beams_equal_transformers(tmp_path_factory, monkeypatch):
-    """Batches and beam search run on the native step too (all rows in one call per token), with
+    """Batches and beam search run on the C step too (all rows in one call per token), with
     generate()'s ids, and as many sentences started as rows."""
     from test_translate import _hf_generate, _sources
 
     _, hf, ref = get_checkpoint(tmp_path_factory, "d24odd")
     tr = Translator.load(get_converted(tmp_path_factory, "d24odd"))
     rows = []
-    original = NativeDecoder.step_rows
-    monkeypatch.setattr(NativeDecoder, "step_rows", lambda self, s, *a, **k: rows.append(len(s)) or original(self, s, *a, **k))
+    original = DecodingStep.step_rows
+    monkeypatch.setattr(DecodingStep, "step_rows", lambda self, s, *a, **k: rows.append(len(s)) or original(self, s, *a, **k))
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for beams in (1, 3):
         expected = _hf_generate(hf, ref, SAMPLE_TEXTS, 12, beams)
         assert tr.generate(_sources(ref, SAMPLE_TEXTS), tgt, beam_size=beams, max_new_tokens=12, guard=False) == expected
     assert max(rows) == 3 * len(SAMPLE_TEXTS[: tr.max_batch])  # every beam of a batch in one call
-    # More rows than one native call takes: MLX decodes them, with the same ids.
+    # More rows than one C call takes: MLX ops decode them (the CPU graph), as the pure model does.
     rows.clear()
     wide = tr.generate(_sources(ref, SAMPLE_TEXTS[:3]), tgt, beam_size=30, max_new_tokens=6, guard=False)
     assert not rows
-    assert wide == Translator.load(get_converted(tmp_path_factory, "d24odd"), native=False).generate(
+    assert wide == Translator.load(get_converted(tmp_path_factory, "d24odd"), backend="mlx").generate(
         _sources(ref, SAMPLE_TEXTS[:3]), tgt, beam_size=30, max_new_tokens=6, guard=False)
 
 
@@ -118,7 +121,7 @@ def test_step_rows_equals_one_row_at_a_time(tmp_path_factory, kernel, name):
 
 def _step_rows_case(tmp_path_factory, name):
     model = Translator.load(get_converted(tmp_path_factory, name)).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     rng = np.random.default_rng(9)
     sources = [mx.array([[256, *rng.integers(4, 250, n).tolist(), 2]], dtype=mx.int32) for n in (3, 9, 5, 12, 7)]
     together = [decoder.start(model.encode(ids), 10) for ids in sources]
@@ -140,46 +143,51 @@ def _step_rows_case(tmp_path_factory, name):
 def test_half_precision_keeps_mlx(tmp_path_factory, monkeypatch):
     path = get_converted(tmp_path_factory, "d64q")
     calls = []
-    original = NativeDecoder.start
-    monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: calls.append(1) or original(self, *a))
+    original = DecodingStep.start
+    monkeypatch.setattr(DecodingStep, "start", lambda self, *a: calls.append(1) or original(self, *a))
     sources = [[256, 10, 11, 12, 2], [256, 13, 14, 2]]
     half = Translator.load(path, dtype="float16")
-    assert NativeDecoder.create(half.model) is None
+    assert DecodingStep.create(half.model) is None
     out = half.generate(sources[:1], 260, max_new_tokens=4, guard=False)  # the MLX path decodes
     assert len(out) == 1 and all(isinstance(t, int) for t in out[0])
-    assert half._native_decoder is None and not half.native
+    assert half.accelerator is not None and half.accelerator.step is None
     assert not calls
     Translator.load(path).generate(sources, 260, max_new_tokens=4, guard=False)
     assert len(calls) == 2
 
 
-def _random_sentence(model, decoder, steps, seed):
-    """Scores of the MLX model and of the native step over the same random source and target ids."""
+def _random_sentence(model, decoder, steps, seed, reference=None):
+    """Scores of an MLX model (``reference``, by default ``model``) and of the C step over ``model``'s
+    weights, over the same random source and target ids."""
+    reference = reference or model
     rng = np.random.default_rng(seed)
     ids = mx.array([[256, *rng.integers(4, 250, 9).tolist(), 2]], dtype=mx.int32)
-    memory = model.encode(ids)
-    cache = model.make_cache()
-    sentence = decoder.start(memory, steps)
+    memory = reference.encode(ids)
+    cache = reference.make_cache()
+    sentence = decoder.start(model.encode(ids), steps)
     for pos, token in enumerate([2, 260, *rng.integers(4, 300, steps - 2).tolist()]):
-        expected = np.array(model.logits(model.decode(mx.array([[token]], dtype=mx.int32), memory, cache)))[0, 0]
+        step = reference.decode(mx.array([[token]], dtype=mx.int32), memory, cache)
+        expected = np.array(reference.logits(step))[0, 0]
         best = sentence.step(token, pos)
         yield expected, sentence.logits.copy(), best
 
 
 @pytest.mark.parametrize("bits,group_size,restrict", [(8, 64, False), (8, 32, True), (4, 64, True), (4, 32, False)])
 def test_quantized_steps_match_the_mlx_model(tmp_path_factory, bits, group_size, restrict):
-    """MLX's quantized model and the step's 8/4-bit kernels give the same scores, up to the integer
-    kernel's rounding of x: far (>= 30x) below what the quantization itself moves the scores."""
+    """The pure quantized model and the step's 8/4-bit kernels give the same scores, up to the integer
+    kernel's rounding of x (and the float32 encoder's): far (>= 30x) below what the quantization itself
+    moves the scores."""
     options = dict(restrict_vocab=["jpn_Jpan"]) if restrict else {}
     path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=group_size, **options)
     model = Translator.load(path).model
+    pure = Translator.load(path, backend="mlx").model
     full = Translator.load(get_converted(tmp_path_factory, "d64q", **options)).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     assert decoder is not None and decoder._s.bits == bits
     assert model.args.has_lm_head == restrict
     seed = bits + group_size
-    unquantized = [expected for expected, _, _ in _random_sentence(full, NativeDecoder.create(full), 12, seed)]
-    for (expected, got, best), reference in zip(_random_sentence(model, decoder, 12, seed), unquantized):
+    unquantized = [expected for expected, _, _ in _random_sentence(full, DecodingStep.create(full), 12, seed)]
+    for (expected, got, best), reference in zip(_random_sentence(model, decoder, 12, seed, pure), unquantized):
         error, quantization = np.abs(got - expected).max(), np.abs(expected - reference).max()
         assert error < 1e-3 and error * 30 < quantization, (error, quantization)
         top2 = np.sort(expected)[-2:]
@@ -193,7 +201,7 @@ def test_quantized_kernels_agree(tmp_path_factory, bits):
     integer one within its rounding of x (scores move by ~1e-5 of their size)."""
     lib = nllb_decode()
     model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     runs = {}
     try:
         for which in (0, 1, 2):
@@ -210,27 +218,27 @@ def test_quantized_kernels_agree(tmp_path_factory, bits):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_translator_equals_the_mlx_path(tmp_path_factory, monkeypatch, bits):
     """Sentence by sentence, in batches and in beam search (which a quantized model also decodes with
-    the native step, one row at a time)."""
+    the C step, one row at a time): the pure quantized model's ids."""
     path = get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)
-    native, plain = Translator.load(path), Translator.load(path, native=False)
+    fast, plain = Translator.load(path), Translator.load(path, backend="mlx")
     _, _, ref = get_checkpoint(tmp_path_factory, "d64q")
     from test_translate import _sources
 
     starts = []
-    original = NativeDecoder.start
-    monkeypatch.setattr(NativeDecoder, "start", lambda self, *a: starts.append(1) or original(self, *a))
+    original = DecodingStep.start
+    monkeypatch.setattr(DecodingStep, "start", lambda self, *a: starts.append(1) or original(self, *a))
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for text in SAMPLE_TEXTS:
         sources = _sources(ref, [text])
-        assert native.generate(sources, tgt, max_new_tokens=14, guard=False) == \
+        assert fast.generate(sources, tgt, max_new_tokens=14, guard=False) == \
             plain.generate(sources, tgt, max_new_tokens=14, guard=False)
     batch = _sources(ref, SAMPLE_TEXTS)
-    assert native.generate(batch, tgt, max_new_tokens=14, guard=False) == \
+    assert fast.generate(batch, tgt, max_new_tokens=14, guard=False) == \
         plain.generate(batch, tgt, max_new_tokens=14, guard=False)
     assert len(starts) == 2 * len(SAMPLE_TEXTS)
     # Beam search (the repetition guard's fallback) too, with n-gram blocking, batched.
     for beams, ngram in ((3, 0), (4, 3)):
-        assert native.generate(batch[:4], tgt, beam_size=beams, max_new_tokens=12, no_repeat_ngram_size=ngram,
+        assert fast.generate(batch[:4], tgt, beam_size=beams, max_new_tokens=12, no_repeat_ngram_size=ngram,
                                guard=False) == \
             plain.generate(batch[:4], tgt, beam_size=beams, max_new_tokens=12, no_repeat_ngram_size=ngram, guard=False)
     assert len(starts) == 2 * len(SAMPLE_TEXTS) + 8
@@ -250,10 +258,10 @@ def test_switched_off_by_environment(monkeypatch):
 def test_new_weights_are_picked_up(tmp_path_factory):
     """Weights loaded after the first translation: the step follows them (it points into the old ones)."""
     path = get_converted(tmp_path_factory, "d16")
-    tr, plain = Translator.load(path), Translator.load(path, native=False)
+    tr, plain = Translator.load(path), Translator.load(path, backend="mlx")
     sources, tgt = [[256, 20, 21, 22, 23, 2]], 260
     tr.generate(sources, tgt, max_new_tokens=8, guard=False)
-    first = tr._native_decoder
+    first = tr.accelerator.step
     assert first is not None and first.current()
     rng = np.random.default_rng(0)
     fc1 = plain.model.model.decoder.layers[0].fc1
@@ -262,12 +270,12 @@ def test_new_weights_are_picked_up(tmp_path_factory):
         t.model.load_weights([("model.decoder.layers.0.fc1.weight", new)], strict=False)
     assert not first.current()
     assert tr.generate(sources, tgt, max_new_tokens=8, guard=False) == plain.generate(sources, tgt, max_new_tokens=8, guard=False)
-    assert tr._native_decoder is not first
+    assert tr.accelerator.step is not first
 
 
 def test_bad_arguments(tmp_path_factory):
     model = Translator.load(get_converted(tmp_path_factory, "d16")).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     memory = model.encode(mx.array([[256, 20, 21, 2]], dtype=mx.int32))
     with pytest.raises(ValueError, match="one sentence"):
         decoder.start(mx.concatenate([memory, memory]), 4)
@@ -283,47 +291,13 @@ def test_bad_arguments(tmp_path_factory):
     assert sentence.step(2, 0, logits=False) == 0
 
 
-def test_quantized_encoder_runs_in_float32_on_the_cpu(tmp_path_factory):
-    """A quantized model's encoder (and cross-attention keys/values) run in float32 on the CPU: the same
-    numbers as MLX's quantized kernels give, within float rounding."""
-    path = get_converted(tmp_path_factory, "d64q", q_bits=8, q_group_size=32)
-    fast, slow = Translator.load(path), Translator.load(path, float_encoder=False)
-    args = fast.model.args
-    layer = fast.model.model.encoder.layers[0]
-    assert type(layer.fc1).__name__ == "Linear" and layer.fc1.weight.dtype == mx.float32
-    assert type(slow.model.model.encoder.layers[0].fc1).__name__ == "QuantizedLinear"
-    assert type(fast.model.model.decoder.layers[0].fc1).__name__ == "QuantizedLinear"  # read per token
-    assert slow.model.dequantize_encoder() == 6 * args.encoder_layers + 2 * args.decoder_layers
-    ids = mx.array([[256, 30, 31, 32, 33, 2]], dtype=mx.int32)
-    np.testing.assert_allclose(np.array(fast.model.encode(ids)), np.array(Translator.load(path, float_encoder=False).model.encode(ids)),
-                               atol=1e-4, rtol=0)
-
-
-def test_fused_quantized_qkv_is_the_same_model(tmp_path_factory):
-    """The native step's one q/k/v matrix: the three layers then read row views of it, and the MLX
-    model computes exactly what it did before."""
-    model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=4, q_group_size=32)).model
-    ids = mx.array([[256, 40, 41, 42, 2]], dtype=mx.int32)
-    before = np.array(model(ids, None, mx.array([[2, 260, 50]], dtype=mx.int32)))
-    attn = model.model.decoder.layers[0].self_attn
-    weight, scales, biases, bias = attn.fused_quantized()
-    d = model.args.d_model
-    assert weight.shape[0] == scales.shape[0] == biases.shape[0] == bias.shape[0] == 3 * d
-    assert np.array_equal(np.array(attn.k_proj.weight), np.array(weight[d : 2 * d]))
-    assert attn.fused_quantized()[0] is weight  # made once
-    after = np.array(model(ids, None, mx.array([[2, 260, 50]], dtype=mx.int32)))
-    np.testing.assert_array_equal(after, before)
-    float_model = Translator.load(get_converted(tmp_path_factory, "d64q")).model
-    assert float_model.model.decoder.layers[0].self_attn.fused_quantized() is None
-
-
 @pytest.mark.parametrize("quantized", [False, True])
 def test_worker_threads_give_the_same_scores(tmp_path_factory, quantized):
     """Every product split over the gemv shim's two threads in tiny chunks (these products are far below
     the size that is split by default): the same scores, bit for bit, as on one thread; batches too."""
     options = dict(q_bits=8, q_group_size=32) if quantized else {}
     model = Translator.load(get_converted(tmp_path_factory, "d64q", **options)).model
-    decoder = NativeDecoder.create(model)
+    decoder = DecodingStep.create(model)
     shim = _blas.gemv_shim
     rng = np.random.default_rng(4)
     sources = [mx.array([[256, *rng.integers(4, 250, n).tolist(), 2]], dtype=mx.int32) for n in (4, 8, 6)]

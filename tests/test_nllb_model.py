@@ -1,11 +1,17 @@
-"""models/nllb.py against transformers' M2M100ForConditionalGeneration on tiny random checkpoints."""
+"""models/nllb.py against transformers' M2M100ForConditionalGeneration on tiny random checkpoints: the
+pure model (backend "mlx"), and the same checks on the CPU accelerator's graph where cheap."""
+
+import ast
+from pathlib import Path
 
 import pytest
-from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted
+from nllb_fixtures import BACKENDS, SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted, needs_accelerator
 
 import mlx.core as mx
 import numpy as np
 
+from mlx_stream_tts.models import nllb
+from mlx_stream_tts.models.cache import KVCache
 from mlx_stream_tts.translate import Translator
 
 pytestmark = pytest.mark.slow
@@ -29,95 +35,33 @@ def _mx(enc):
     return mx.array(enc.input_ids.numpy().astype(np.int32)), mx.array(enc.attention_mask.numpy().astype(bool))
 
 
-def _force_chunks(monkeypatch):
-    """Make every product of up to 16 rows take the chunked path of ``linear`` (tiny weights skip it)."""
-    from mlx_stream_tts.models import nllb
+def _model(path, backend, monkeypatch=None, **options):
+    """The model as ``backend`` runs it; "cpu-chunked": the CPU graph with every product of up to 16 rows
+    through its chunked path (tiny weights skip it otherwise)."""
+    if backend == "cpu-chunked":
+        from mlx_stream_tts.cpu import nllb_graph
 
-    monkeypatch.setattr(nllb, "_SMALL_PRODUCT", 0)
-    monkeypatch.setattr(nllb, "_CHUNKING", True)
-
-
-@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17])
-@pytest.mark.parametrize("shape", [(4096, 1024), (1024, 4096), (1000, 1024), (8, 64), (37, 16)])
-@pytest.mark.parametrize("small", [None, 0])
-@pytest.mark.parametrize("split", [False, True])
-def test_linear_equals_plain_matmul(monkeypatch, rows, shape, small, split):
-    from mlx_stream_tts.models import nllb
-
-    if small is not None:
-        monkeypatch.setattr(nllb, "_SMALL_PRODUCT", small)
-        monkeypatch.setattr(nllb, "_CHUNKING", True)
-        monkeypatch.setattr(nllb, "_MIN_SPLIT_PRODUCT", small)
-    n, k = shape
-    w, b = mx.random.normal((n, k)), mx.random.normal((n,))
-    x = mx.random.normal((rows, 1, k))
-    expected = np.array(x) @ np.array(w).T
-    np.testing.assert_allclose(np.array(nllb.linear(x, w, split=split)), expected, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(np.array(nllb.linear(x, w, b, split)), expected + np.array(b), rtol=1e-4, atol=1e-3)
-    assert nllb.linear(x, w, split=split).shape == (rows, 1, n)
+        monkeypatch.setattr(nllb_graph, "_SMALL_PRODUCT", 0)
+        monkeypatch.setattr(nllb_graph, "_CHUNKING", True)
+        backend = "cpu"
+    return Translator.load(path, backend=backend, **options).model
 
 
-def test_linear_prepared_views_follow_the_weights(monkeypatch):
-    """One-row products keep weight.T and the bias as evaluated views; new weights must be picked up."""
-    from mlx_stream_tts.models import nllb
-
-    _force_chunks(monkeypatch)
-    layer = nllb.Linear(64, 48)
-    x = mx.random.normal((1, 1, 64))
-    for _ in range(2):
-        want = np.array(x) @ np.array(layer.weight).T + np.array(layer.bias)
-        np.testing.assert_allclose(np.array(layer(x)), want, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(np.array(layer(x)), want, rtol=1e-5, atol=1e-5)  # from the cache
-        layer.weight, layer.bias = mx.random.normal((48, 64)), mx.random.normal((48,))
+def test_the_model_file_is_device_free():
+    """The reference model imports nothing from the CPU accelerator and never asks for the device."""
+    source = Path(nllb.__file__).read_text()
+    tree = ast.parse(source)
+    modules = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [m for m in modules if "cpu" in m.split(".")], modules
+    assert "default_device" not in source and "mx.cpu" not in source
 
 
-def test_compiled_layer_norm_equals_mlx_layer_norm():
-    """One compiled function serves every width: a shapeless trace must not keep the first width."""
-    import mlx.nn as nn
-
-    from mlx_stream_tts.models.nllb import LayerNorm
-
-    rng = np.random.default_rng(0)
-    for dims, shape in [(16, (1, 1)), (1024, (1, 1)), (1024, (3, 7)), (7, (2, 5)), (16, (4,))]:
-        ours, ref = LayerNorm(dims), nn.LayerNorm(dims)
-        ours.weight = ref.weight = mx.array(rng.standard_normal(dims).astype(np.float32))
-        ours.bias = ref.bias = mx.array(rng.standard_normal(dims).astype(np.float32))
-        x = mx.array((rng.standard_normal((*shape, dims)) * 3 + 1).astype(np.float32))
-        np.testing.assert_allclose(np.array(ours(x)), np.array(ref(x)), atol=1e-5, rtol=1e-5)
-        half = x.astype(mx.float16)  # other dtypes keep mx.fast.layer_norm
-        assert ours(half).dtype == ref(half).dtype
-        np.testing.assert_array_equal(np.array(ours(half)), np.array(ref(half)))
-
-
-def test_fused_qkv_projection_follows_the_weights(tmp_path_factory):
-    """q/k/v run as one product over a fused matrix whose row views become the weights; weights set
-    afterwards (load_weights, update) are used, not the stale fused copy."""
-    model = Translator.load(get_converted(tmp_path_factory, "d16")).model
-    attn = model.model.decoder.layers[0].self_attn
-    x = mx.random.normal((2, 3, attn.q_proj.weight.shape[1]))
-
-    def separate():
-        return [np.array(attn.heads(p(x))) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
-
-    want = separate()
-    for got, ref in zip(attn.project(x), want):
-        np.testing.assert_allclose(np.array(got), ref, atol=1e-5)
-    fused = attn.__dict__["_fused_qkv"][0]
-    assert fused.shape[0] == 3 * attn.q_proj.weight.shape[0]
-    attn.k_proj.weight = mx.random.normal(attn.k_proj.weight.shape)
-    want = separate()
-    for got, ref in zip(attn.project(x), want):
-        np.testing.assert_allclose(np.array(got), ref, atol=1e-5)
-    assert attn.__dict__["_fused_qkv"][0] is not fused
-
-
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("backend", [*BACKENDS, pytest.param("cpu-chunked", marks=needs_accelerator)])
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
-def test_encoder_and_every_decoder_step_match(tmp_path_factory, monkeypatch, name, chunked):
-    if chunked:
-        _force_chunks(monkeypatch)
+def test_encoder_and_every_decoder_step_match(tmp_path_factory, monkeypatch, name, backend):
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
-    model = Translator.load(get_converted(tmp_path_factory, name)).model
+    model = _model(get_converted(tmp_path_factory, name), backend, monkeypatch)
     texts = SAMPLE_TEXTS[:5]  # different lengths: padded batch
     enc, memory, dec, logits = _reference(hf, ref, texts)
     ids, mask = _mx(enc)
@@ -138,7 +82,7 @@ def test_encoder_and_every_decoder_step_match(tmp_path_factory, monkeypatch, nam
 
 
 def test_unbatched_equals_batched(tmp_path_factory):
-    model = Translator.load(get_converted(tmp_path_factory, "d20gelu")).model
+    model = Translator.load(get_converted(tmp_path_factory, "d20gelu"), backend="mlx").model
     _, _, ref = get_checkpoint(tmp_path_factory, "d20gelu")
     ref.src_lang = "eng_Latn"
     enc = ref(SAMPLE_TEXTS[:3], return_tensors="np", padding=True)
@@ -150,10 +94,12 @@ def test_unbatched_equals_batched(tmp_path_factory):
         np.testing.assert_allclose(single[0], batched[row, :n], atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,tol", [("float16", 0.05), ("bfloat16", 0.25)])
-def test_half_precision_close(tmp_path_factory, dtype, tol):
+def test_half_precision_close(tmp_path_factory, dtype, tol, backend):
     _, hf, ref = get_checkpoint(tmp_path_factory, "d16")
-    model = Translator.load(get_converted(tmp_path_factory, "d16", dtype=dtype)).model
+    model = Translator.load(get_converted(tmp_path_factory, "d16", dtype=dtype), dtype=None, backend=backend).model
+    assert model.model.shared.weight.dtype == getattr(mx, dtype)
     enc, _, dec, logits = _reference(hf, ref, SAMPLE_TEXTS[:2], steps=4)
     ids, mask = _mx(enc)
     ours = np.array(model(ids, mask, mx.array(dec.astype(np.int32))).astype(mx.float32))
@@ -161,11 +107,12 @@ def test_half_precision_close(tmp_path_factory, dtype, tol):
     assert np.abs(ours[live] - logits[live]).max() < tol * np.abs(logits).max()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bits,tol", [(8, 0.03), (4, 0.3)])
-def test_quantized_close(tmp_path_factory, bits, tol):
+def test_quantized_close(tmp_path_factory, bits, tol, backend):
     """Quantized weights promise closeness (relative to the logit range), not equality."""
     _, hf, ref = get_checkpoint(tmp_path_factory, "d64q")
-    model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32)).model
+    model = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=bits, q_group_size=32), backend=backend).model
     enc, _, dec, logits = _reference(hf, ref, SAMPLE_TEXTS[:2], steps=4)
     ids, mask = _mx(enc)
     ours = np.array(model(ids, mask, mx.array(dec.astype(np.int32))))
@@ -175,9 +122,10 @@ def test_quantized_close(tmp_path_factory, bits, tol):
     assert 1e-6 < err  # it really is the quantized model
 
 
-def test_restricted_head_is_a_column_subset(tmp_path_factory):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restricted_head_is_a_column_subset(tmp_path_factory, backend):
     _, hf, ref = get_checkpoint(tmp_path_factory, "d16")
-    model = Translator.load(get_converted(tmp_path_factory, "d16", restrict_vocab=["jpn_Jpan"])).model
+    model = Translator.load(get_converted(tmp_path_factory, "d16", restrict_vocab=["jpn_Jpan"]), backend=backend).model
     kept = np.array(model.output_token_ids)
     assert 10 < len(kept) < hf.config.vocab_size // 2 and 2 in kept
     enc, _, dec, logits = _reference(hf, ref, SAMPLE_TEXTS[:2], steps=4)
@@ -188,17 +136,23 @@ def test_restricted_head_is_a_column_subset(tmp_path_factory):
 
 
 def test_too_long_for_positions(tmp_path_factory):
-    model = Translator.load(get_converted(tmp_path_factory, "d16")).model
+    model = Translator.load(get_converted(tmp_path_factory, "d16"), backend="mlx").model
     n = model.args.max_position_embeddings
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.encode(mx.full((1, n + 1), 5, dtype=mx.int32))
     model.encode(mx.full((1, n), 5, dtype=mx.int32))
+    memory = model.encode(mx.full((1, 4), 5, dtype=mx.int32))
+    cache = model.make_cache()
+    model.decode(mx.full((1, n), 5, dtype=mx.int32), memory, cache)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.decode(mx.full((1, 1), 5, dtype=mx.int32), memory, cache)
 
 
-def test_forward_on_worker_thread(tmp_path_factory):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_on_worker_thread(tmp_path_factory, backend):
     import threading
 
-    model = Translator.load(get_converted(tmp_path_factory, "d16")).model
+    model = Translator.load(get_converted(tmp_path_factory, "d16"), backend=backend).model
     result = {}
 
     def work():
@@ -213,3 +167,40 @@ def test_forward_on_worker_thread(tmp_path_factory):
     t.join(60)
     assert "err" not in result, result.get("err")
     assert result["out"].shape[:2] == (1, 2)
+
+
+# ------------------------------------------------------------------------------ key/value cache
+
+
+def test_kv_cache_grows_in_steps_and_writes_in_place():
+    cache = KVCache()
+    rng = np.random.default_rng(0)
+    written = []
+    for t in (3, 1, 252, 1, 7):  # crosses 256 after 256 positions
+        k = mx.array(rng.standard_normal((2, 3, t, 4)).astype(np.float32))
+        keys, values = cache.update_and_fetch(k, k + 1)
+        written.append(np.array(k))
+        assert keys.shape == values.shape == (2, 3, cache.offset, 4)
+        np.testing.assert_array_equal(np.array(keys), np.concatenate(written, axis=2))
+        np.testing.assert_array_equal(np.array(values), np.concatenate(written, axis=2) + 1)
+        assert cache.keys.shape[2] == (256 if cache.offset <= 256 else 512)
+    # Beam search: rows reordered (a row may be taken twice), the filled positions only.
+    before = np.array(cache.keys[:, :, : cache.offset])
+    cache.reorder(mx.array([1, 1]))
+    np.testing.assert_array_equal(np.array(cache.keys[:, :, : cache.offset]), before[[1, 1]])
+
+
+def test_step_by_step_decoding_across_the_cache_growth_equals_one_pass():
+    """300 target positions, one at a time (the cache's buffers grow at 256), give the logits of one
+    causal pass over all of them."""
+    args = nllb.ModelArgs(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                          decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=320)
+    model = nllb.Model(args)
+    mx.random.seed(3)
+    memory = mx.random.normal((1, 5, 16))
+    ids = mx.random.randint(3, 50, (1, 300)).astype(mx.int32)
+    whole = model.logits(model.decode(ids, memory, model.make_cache()))
+    cache = model.make_cache()
+    steps = [model.logits(model.decode(ids[:, t : t + 1], memory, cache)) for t in range(300)]
+    assert cache.layers[0].keys.shape[2] == 512 and cache.offset == 300
+    np.testing.assert_allclose(np.array(mx.concatenate(steps, axis=1)), np.array(whole), atol=1e-4, rtol=1e-4)

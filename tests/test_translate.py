@@ -5,7 +5,7 @@ import shutil
 import threading
 
 import pytest
-from nllb_fixtures import SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted
+from nllb_fixtures import BACKENDS, SAMPLE_TEXTS, TINY_CONFIGS, get_checkpoint, get_converted, needs_accelerator
 
 import numpy as np
 
@@ -34,15 +34,27 @@ def _sources(ref, texts):
     return [ref(t).input_ids for t in texts]
 
 
-def _force_path(monkeypatch, mode):
-    """Tiny weights skip the fast paths of models.nllb.linear; force them: "chunked" sends every product
-    of up to 16 rows through the chunked path, "parallel" also splits each over two streams."""
-    from mlx_stream_tts.models import nllb
+# How tests load a translator: the pure model, the CPU accelerator with its C step, and its graph decoded
+# with MLX ops (products forced through the chunked path and split over two streams, which tiny weights
+# skip otherwise).
+VARIANTS = {
+    "mlx": dict(backend="mlx"),
+    "cpu": dict(backend="cpu"),
+    "cpu-graph": dict(backend="cpu", c_step=False),
+    "cpu-chunked": dict(backend="cpu", c_step=False),
+    "cpu-parallel": dict(backend="cpu", c_step=False, parallel=True),
+}
+VARIANT_PARAMS = ["mlx", *(pytest.param(v, marks=needs_accelerator) for v in VARIANTS if v != "mlx")]
 
-    if mode in ("chunked", "parallel"):
-        monkeypatch.setattr(nllb, "_SMALL_PRODUCT", 0)
-        monkeypatch.setattr(nllb, "_CHUNKING", True)
-        monkeypatch.setattr(nllb, "_MIN_SPLIT_PRODUCT", 0)
+
+def _load(path, variant, monkeypatch=None):
+    if variant in ("cpu-chunked", "cpu-parallel"):
+        from mlx_stream_tts.cpu import nllb_graph
+
+        monkeypatch.setattr(nllb_graph, "_SMALL_PRODUCT", 0)
+        monkeypatch.setattr(nllb_graph, "_CHUNKING", True)
+        monkeypatch.setattr(nllb_graph, "_MIN_SPLIT_PRODUCT", 0)
+    return Translator.load(path, **VARIANTS[variant])
 
 
 # ------------------------------------------------------------------------------------ parity
@@ -51,11 +63,10 @@ def _force_path(monkeypatch, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 @pytest.mark.parametrize("beams", [1, 2, 4])
-@pytest.mark.parametrize("mode", ["plain", "chunked", "parallel"])
-def test_tokens_identical_to_generate(tmp_path_factory, monkeypatch, name, beams, mode):
-    _force_path(monkeypatch, mode)
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_tokens_identical_to_generate(tmp_path_factory, monkeypatch, name, beams, variant):
     _, hf, ref = get_checkpoint(tmp_path_factory, name)
-    tr = Translator.load(get_converted(tmp_path_factory, name), parallel=mode == "parallel")
+    tr = _load(get_converted(tmp_path_factory, name), variant, monkeypatch)
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     for max_new in (5, 15):
         expected = _hf_generate(hf, ref, SAMPLE_TEXTS, max_new, beams)
@@ -83,10 +94,11 @@ def test_decoding_exercises_finished_and_unfinished_sentences(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("beams", [1, 3])
-def test_restricted_vocab_equals_generate_with_suppressed_tokens(tmp_path_factory, beams):
+def test_restricted_vocab_equals_generate_with_suppressed_tokens(tmp_path_factory, beams, backend):
     _, hf, ref = get_checkpoint(tmp_path_factory, "d20gelu")
-    tr = Translator.load(get_converted(tmp_path_factory, "d20gelu", restrict_vocab=["jpn_Jpan"]))
+    tr = Translator.load(get_converted(tmp_path_factory, "d20gelu", restrict_vocab=["jpn_Jpan"]), backend=backend)
     kept = set(np.array(tr.model.output_token_ids).tolist())
     suppressed = [i for i in range(hf.config.vocab_size) if i not in kept]
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
@@ -124,8 +136,9 @@ def test_restricted_equals_full_when_output_fits(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quantized_translator_runs(tmp_path_factory):
-    tr = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=4, q_group_size=32))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quantized_translator_runs(tmp_path_factory, backend):
+    tr = Translator.load(get_converted(tmp_path_factory, "d64q", q_bits=4, q_group_size=32), backend=backend)
     out = tr.translate(SAMPLE_TEXTS[:3], "en", "ja", max_new_tokens=6)
     assert len(out) == 3 and all(isinstance(s, str) for s in out)
 
@@ -133,9 +146,9 @@ def test_quantized_translator_runs(tmp_path_factory):
 # --------------------------------------------------------------------------- Translator API
 
 
-@pytest.fixture(scope="module")
-def translator(tmp_path_factory):
-    return Translator.load(get_converted(tmp_path_factory, "d16"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def translator(tmp_path_factory, request):
+    return Translator.load(get_converted(tmp_path_factory, "d16"), backend=request.param)
 
 
 def test_translate_text_equals_decoded_generate(translator, tmp_path_factory):
@@ -188,10 +201,10 @@ def test_bad_arguments(translator):
         translator.translate(["hi"], beam_size=0)
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_worker_thread(translator, monkeypatch, parallel):
-    _force_path(monkeypatch, "parallel" if parallel else "plain")
-    translator.model.set_parallel(parallel)
+@pytest.mark.parametrize("variant", ["mlx", pytest.param("cpu", marks=needs_accelerator),
+                                     pytest.param("cpu-parallel", marks=needs_accelerator)])
+def test_worker_thread(tmp_path_factory, monkeypatch, variant):
+    translator = _load(get_converted(tmp_path_factory, "d16"), variant, monkeypatch)
     expected = translator.translate(SAMPLE_TEXTS[:2], "eng_Latn", "jpn_Jpan", max_new_tokens=6)
     # Load on this thread, translate on another, as the pipeline does.
     result = {}
@@ -199,13 +212,13 @@ def test_worker_thread(translator, monkeypatch, parallel):
     def work():
         try:
             result["out"] = translator.translate(SAMPLE_TEXTS[:2], "eng_Latn", "jpn_Jpan", max_new_tokens=6)
+            result["stream"] = "".join(translator.translate_stream(SAMPLE_TEXTS[0], "en", "ja", max_new_tokens=6))
         except Exception as err:  # noqa: BLE001 - checked below
             result["err"] = err
 
     t = threading.Thread(target=work)
     t.start()
     t.join(60)
-    translator.model.set_parallel(False)
     assert "err" not in result, result.get("err")
     assert result["out"] == expected
 
@@ -241,10 +254,11 @@ def test_repetition_detection():
 
 
 @pytest.mark.slow
-def test_guard_redecodes_loops_with_beam_search(tmp_path_factory, caplog):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_guard_redecodes_loops_with_beam_search(tmp_path_factory, caplog, backend):
     """Random models loop; the guard re-decodes with beam search + n-gram blocking."""
     _, hf, ref = get_checkpoint(tmp_path_factory, "d24odd")
-    tr = Translator.load(get_converted(tmp_path_factory, "d24odd"))
+    tr = Translator.load(get_converted(tmp_path_factory, "d24odd"), backend=backend)
     tgt = ref.convert_tokens_to_ids("jpn_Jpan")
     sources = _sources(ref, SAMPLE_TEXTS)
     raw = tr.generate(sources, tgt, max_new_tokens=16, guard=False)
@@ -301,12 +315,23 @@ def test_load_errors(tmp_path_factory, tmp_path):
         Translator.load(hf_folder)
 
 
-def test_load_with_dtype(tmp_path_factory):
+def test_load_with_dtype(tmp_path_factory, monkeypatch):
     import mlx.core as mx
+
+    from mlx_stream_tts.translate import device_dtype
 
     tr = Translator.load(get_converted(tmp_path_factory, "d16"), dtype="bfloat16")
     assert tr.model.model.shared.weight.dtype == mx.bfloat16
     assert len(tr.translate(["Hello world."], max_new_tokens=4)) == 1
+    half = get_converted(tmp_path_factory, "d16", dtype="float16")
+    assert Translator.load(half, dtype=None).model.model.shared.weight.dtype == mx.float16  # kept as stored
+    assert Translator.load(half).model.model.shared.weight.dtype == mx.float32  # "auto" on a CPU
+    assert Translator.load(half, dtype=mx.float32).model.model.shared.weight.dtype == mx.float32
+    with pytest.raises(ValueError, match="dtype"):
+        Translator.load(half, dtype="float64")
+    assert device_dtype() == mx.float32
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
+    assert device_dtype() == mx.float16
 
 
 def test_resolve_lang_and_default_dir(monkeypatch, tmp_path):
@@ -339,12 +364,12 @@ def _m2m100_generate(hf, ref, texts, max_new, beams, **kwargs):
     return [row[2:][: row[2:].index(2)] if 2 in row[2:] else row[2:] for row in out]
 
 
-@pytest.fixture(scope="module")
-def m2m100(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def m2m100(tmp_path_factory, request):
     from nllb_fixtures import get_m2m100_checkpoint, get_m2m100_converted
 
     _, hf, ref = get_m2m100_checkpoint(tmp_path_factory)
-    return Translator.load(get_m2m100_converted(tmp_path_factory)), hf, ref
+    return Translator.load(get_m2m100_converted(tmp_path_factory), backend=request.param), hf, ref
 
 
 @pytest.mark.slow

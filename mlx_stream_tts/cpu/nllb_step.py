@@ -1,17 +1,16 @@
-"""Greedy decoding steps of :mod:`.nllb` for one sentence on the CPU, one native call per token.
+"""The translator's decoding step on the CPU in one C call: every row of a batch or beam per call.
 
 A decoding step reads every decoder weight once and computes little; as MLX ops on the CPU it is ~800
 small ops around ~50 products, and their dispatch cost a quarter of the step (see
-``data/nllb_decode.c``). :class:`NativeDecoder` runs the same step over the same weight buffers (the
-MLX arrays', no copy) in one C call, whose products go through the gemv shim (``_blas.py``): float32
+``kernels/nllb_decode.c``). :class:`DecodingStep` runs the same step over the same weight buffers (the
+MLX arrays', no copy) in one C call, whose products go through the gemv shim (``blas.py``): float32
 weights through its matrix-vector kernel, MLX's 8- and 4-bit affine quantized weights through the
 step's own row kernel on the shim's threads.
 
-Used by ``Translator`` on the CPU when the shim is loaded: greedy search of one sentence
-(:meth:`NativeSentence.step`), and batches and beam search with every row in one call per token
-(:meth:`NativeDecoder.step_rows`; :meth:`NativeSentence.fork` copies a beam). Half precision and other
-devices keep the MLX model.
-``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
+``cpu/translator.py`` prepares it for a model on the CPU; the decoding loops (``decoding.py``) use it for
+greedy search (:meth:`SentenceState.step`), and for batches and beam search with every row in one call
+per token (:meth:`DecodingStep.step_rows`; :meth:`SentenceState.fork` copies a beam). Half precision
+keeps MLX ops. ``MLX_STREAM_TTS_NATIVE_DECODE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..models.nllb import Linear, LMHead, Model, QuantizedLMHead
+from ..models.nllb import LMHead, Model, QuantizedLMHead
 from . import blas as _blas
 from .build import cpu_flags, disabled, failures, load
+from .nllb_graph import CpuEmbedding, CpuLinear, CpuLMHead, FusedAttention
 
 @lru_cache(maxsize=1)
 def nllb_decode() -> ctypes.CDLL | None:
@@ -55,9 +55,6 @@ def nllb_decode() -> ctypes.CDLL | None:
     lib.mst_nllb_set_kernel(2)  # the fastest the CPU has
     return lib
 
-
-
-
 _ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "silu": 3, "swish": 3}
 _p = ctypes.c_void_p
 
@@ -68,7 +65,7 @@ class _Linear(ctypes.Structure):
 
 
 class _Struct(ctypes.Structure):
-    # Mirror of nllb_decoder in data/nllb_decode.c.
+    # Mirror of nllb_decoder in kernels/nllb_decode.c.
     _fields_ = [
         *[(n, ctypes.c_int) for n in ("d", "heads", "ffn", "layers", "act", "n_out", "vocab", "n_positions",
                                       "position_offset", "max_len", "src_len", "bits", "group_size")],
@@ -86,27 +83,31 @@ class _Struct(ctypes.Structure):
     ]
 
 
+_FLOAT_FORMS = (nn.Linear, CpuLinear, LMHead, CpuLMHead, nn.Embedding, CpuEmbedding)
+
 # A linear layer as the step reads it: (weight, scales, offsets, bias); the middle two None for float32.
 Entry = tuple
 
 
 def _entry(module: nn.Module, bits: int, group_size: int) -> Entry:
     """A float32 ``Linear`` / ``LMHead`` / ``Embedding`` or an affine quantized one, as an entry."""
-    bias = module.get("bias") if isinstance(module, (Linear, nn.QuantizedLinear)) else None
-    if type(module) in (Linear, LMHead, nn.Embedding):
+    bias = module.get("bias") if isinstance(module, (nn.Linear, nn.QuantizedLinear)) else None
+    if type(module) in _FLOAT_FORMS:
         return (module.weight, None, None, bias)
     if type(module) in (nn.QuantizedLinear, QuantizedLMHead, nn.QuantizedEmbedding):
         if (module.bits, module.group_size) != (bits, group_size) or getattr(module, "mode", "affine") != "affine":
             raise ValueError("quantized with other settings than the config's")
         return (module.weight, module.scales, module.biases, bias)
-    raise ValueError(f"no native form for {type(module).__name__}")
+    raise ValueError(f"a {type(module).__name__} layer, which the C step does not run")
 
 
 def _view(a: mx.array) -> np.ndarray:
     """The array's own buffer, C-contiguous, as NumPy (no copy): float32, or uint32 quantized rows."""
+    if a.dtype not in (mx.float32, mx.uint32):
+        raise ValueError(f"{a.dtype} weights (the C step reads float32 or 8/4-bit quantized ones)")
     v = np.asarray(a)
-    if v.dtype not in (np.float32, np.uint32) or not v.flags.c_contiguous:
-        raise ValueError("not a contiguous float32 (or packed quantized) array")
+    if not v.flags.c_contiguous:
+        raise ValueError("a weight that is not contiguous")
     return v
 
 
@@ -115,19 +116,31 @@ def _quantization(model: Model) -> tuple[int, int]:
     return (int(q["bits"]), int(q["group_size"])) if q else (0, 0)
 
 
-def _usable(model: Model) -> bool:
-    args = model.args
-    if mx.default_device() != mx.cpu or _blas.gemv_shim is None:
-        return False
+def _check(model: Model) -> None:
+    """ValueError saying why the step cannot run ``model``'s configuration."""
     bits, group_size = _quantization(model)
     if bits not in (0, 4, 8) or (bits and group_size % 16):
-        return False
-    return args.activation_function in _ACTIVATIONS
+        raise ValueError(f"{bits}-bit quantization in groups of {group_size} (the C step runs 8 or 4 bits "
+                         "in groups of a multiple of 16)")
+    if model.args.activation_function not in _ACTIVATIONS:
+        raise ValueError(f"activation {model.args.activation_function!r}")
+
+
+def unsupported(model: Model) -> str | None:
+    """Why the step cannot run ``model`` (its quantization, activation or weight dtype), or None."""
+    try:
+        _check(model)
+        for a in _flat(*_step_arrays(model)):
+            if a is not None and mx.issubdtype(a.dtype, mx.floating) and a.dtype != mx.float32:
+                raise ValueError(f"{a.dtype} weights (the C step reads float32 or 8/4-bit quantized ones)")
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _step_arrays(model: Model) -> tuple[list[mx.array], list[Entry], dict]:
     """What a step reads: per decoder layer its 6 layer-norm arrays and 8 linear entries (in the order of
-    data/nllb_decode.c's enums; q/k/v as one fused matrix where possible, k and v then empty), and the rest by
+    kernels/nllb_decode.c's enums; q/k/v as one fused matrix where possible, k and v then empty), and the rest by
     name. ValueError for a layer the step cannot run (e.g. half precision)."""
     bits, group_size = _quantization(model)
     norms: list[mx.array] = []
@@ -137,8 +150,9 @@ def _step_arrays(model: Model) -> tuple[list[mx.array], list[Entry], dict]:
         attn, cross = layer.self_attn, layer.encoder_attn
         for norm in (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm):
             norms += [norm.weight, norm.bias]
-        fused = attn._fused()  # float32 q/k/v: one matrix, made once
-        fused_q = attn.fused_quantized() if fused is None and bits else None  # the same when quantized
+        fusing = isinstance(attn, FusedAttention)  # the CPU graph's attention (nllb_graph.py)
+        fused = attn.fused() if fusing else None  # float32 q/k/v: one matrix, made once
+        fused_q = attn.fused_quantized() if fusing and fused is None and bits else None  # the same quantized
         if fused is not None:
             qkv = [(fused[0], None, None, fused[1]), empty, empty]
         elif fused_q is not None and (attn.q_proj.bits, attn.q_proj.group_size) == (bits, group_size):
@@ -160,7 +174,7 @@ def _flat(norms, linears, rest) -> list:
             rest["final_b"], rest["positions"]]
 
 
-class NativeDecoder:
+class DecodingStep:
     """Decoding steps in C over ``model``'s weights.
 
     ``start(memory, max_len)`` takes a sentence's encoder output ``(1, S, D)``, computes the
@@ -169,9 +183,14 @@ class NativeDecoder:
     :meth:`create`, which returns None where the model or machine does not allow it.
     """
 
-    MAX_ROWS = 64  # data/nllb_decode.c's MAX_ROWS: sentences in one step_rows call
+    MAX_ROWS = 64  # kernels/nllb_decode.c's MAX_ROWS: sentences in one step_rows call
 
     def __init__(self, model: Model, lib: ctypes.CDLL):
+        """The step over ``model``'s weights with the loaded kernels/nllb_decode.c; ValueError saying why
+        where the model cannot have it (half precision, other quantization). Needs the gemv shim."""
+        if _blas.gemv_shim is None:
+            raise RuntimeError("the gemv shim is not loaded (cpu/blas.py)")
+        _check(model)
         self.model, self._lib = model, lib
         args = model.args
         self._arrays = _step_arrays(model)
@@ -202,20 +221,18 @@ class NativeDecoder:
                 raise ValueError("a float weight that is not float32")
 
     @classmethod
-    def create(cls, model: Model) -> NativeDecoder | None:
-        """A decoder for ``model``, or None: not on the CPU, half precision, no gemv shim, no C compiler."""
-        if not _usable(model):
-            return None
+    def create(cls, model: Model) -> DecodingStep | None:
+        """The step for ``model``, or None: not on the CPU, half precision, no gemv shim, no C compiler."""
         lib = nllb_decode()
-        if lib is None:
+        if lib is None or _blas.gemv_shim is None or mx.default_device() != mx.cpu:
             return None
         try:
             return cls(model, lib)
-        except ValueError:  # a weight in another dtype or layout: the MLX path handles it
+        except ValueError:  # a weight in another dtype or layout: MLX ops decode it
             return None
 
     def current(self) -> bool:
-        """Whether the model still holds the weights this decoder points into (not reloaded since)."""
+        """Whether the model still holds the weights this step points into (not reloaded since)."""
         try:
             now = _flat(*_step_arrays(self.model))
         except ValueError:
@@ -223,14 +240,14 @@ class NativeDecoder:
         before = _flat(*self._arrays)
         return len(now) == len(before) and all(a is b for a, b in zip(now, before))
 
-    def step_rows(self, sentences: list[NativeSentence], tokens: list[int], pos: int, logits: bool = True) -> list[int]:
-        """One step of several sentences (or beams) of this decoder at the same position ``pos``: the
+    def step_rows(self, sentences: list[SentenceState], tokens: list[int], pos: int, logits: bool = True) -> list[int]:
+        """One step of several sentences (or beams) of this step at the same position ``pos``: the
         float32 weights are read once for all of them. Returns each one's best output column."""
         n = len(sentences)
         if n != len(tokens) or not 1 <= n <= self.MAX_ROWS:
             raise ValueError(f"{n} sentences and {len(tokens)} tokens (1 to {self.MAX_ROWS} rows)")
-        if any(s._decoder is not self for s in sentences):
-            raise ValueError("a sentence of another decoder")
+        if any(s._owner is not self for s in sentences):
+            raise ValueError("a sentence of another DecodingStep")
         if any(not 0 <= pos < s.max_len for s in sentences):
             raise ValueError(f"position {pos} outside a sentence's {min(s.max_len for s in sentences)} started")
         s0 = self._s
@@ -245,7 +262,7 @@ class NativeDecoder:
             raise ValueError(f"a token of {list(tokens)} or position {pos} outside the model's range")
         return list(best) if logits else [0] * n
 
-    def start(self, memory: mx.array, max_len: int) -> NativeSentence:
+    def start(self, memory: mx.array, max_len: int) -> SentenceState:
         """Begin a sentence: ``memory`` ``(1, S, D)`` from the encoder; up to ``max_len`` target positions."""
         if memory.ndim != 3 or memory.shape[0] != 1:
             raise ValueError(f"one sentence at a time, got memory of shape {memory.shape}")
@@ -255,19 +272,19 @@ class NativeDecoder:
         keys = mx.stack([layer.encoder_attn.k_proj(memory)[0] for layer in layers])
         values = mx.stack([layer.encoder_attn.v_proj(memory)[0] for layer in layers])
         mx.eval(keys, values)
-        return NativeSentence(self, np.array(keys, np.float32), np.array(values, np.float32), max_len)
+        return SentenceState(self, np.array(keys, np.float32), np.array(values, np.float32), max_len)
 
 
-class NativeSentence:
-    """The state of one sentence's decoding (:meth:`NativeDecoder.start`): caches, scores, work space."""
+class SentenceState:
+    """The state of one sentence's decoding (:meth:`DecodingStep.start`): caches, scores, work space."""
 
-    def __init__(self, decoder: NativeDecoder, cross_k: np.ndarray, cross_v: np.ndarray, max_len: int):
-        self._decoder = decoder  # keeps the weights' buffers alive
-        s = self._s = _Struct.from_buffer_copy(decoder._s)
+    def __init__(self, owner: DecodingStep, cross_k: np.ndarray, cross_v: np.ndarray, max_len: int):
+        self._owner = owner  # keeps the weights' buffers alive
+        s = self._s = _Struct.from_buffer_copy(owner._s)
         layers, src_len, d = cross_k.shape
         self._cross = (np.ascontiguousarray(cross_k), np.ascontiguousarray(cross_v))
         self._cache = np.zeros((2, layers, max_len, d), np.float32)  # self-attention keys, values
-        self._work = np.zeros(decoder._lib.mst_nllb_work_size(d, s.ffn, max_len, src_len), np.float32)
+        self._work = np.zeros(owner._lib.mst_nllb_work_size(d, s.ffn, max_len, src_len), np.float32)
         self.logits = np.zeros(s.n_out, np.float32)
         s.src_len, s.max_len = src_len, max_len
         s.cross_k, s.cross_v = self._cross[0].ctypes.data, self._cross[1].ctypes.data
@@ -275,9 +292,9 @@ class NativeSentence:
         s.work, s.logits = self._work.ctypes.data, self.logits.ctypes.data
         self.max_len = max_len
 
-    def fork(self) -> NativeSentence:
+    def fork(self) -> SentenceState:
         """A copy of this state with its own caches (the same source): another beam of the sentence."""
-        other = NativeSentence(self._decoder, *self._cross, self.max_len)
+        other = SentenceState(self._owner, *self._cross, self.max_len)
         other._cache[...] = self._cache
         other.logits[...] = self.logits
         return other
@@ -295,7 +312,7 @@ class NativeSentence:
         the output column with the highest score, its scores in ``logits`` (0 without ``logits``)."""
         if not 0 <= pos < self.max_len:
             raise ValueError(f"position {pos} outside the {self.max_len} started")
-        best = self._decoder._lib.mst_nllb_step(ctypes.byref(self._s), int(token), int(pos), int(bool(logits)))
+        best = self._owner._lib.mst_nllb_step(ctypes.byref(self._s), int(token), int(pos), int(bool(logits)))
         if best < 0:
             raise ValueError(f"token {token} or position {pos} outside the model's range")
         return best
