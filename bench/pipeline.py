@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
+import mlx_stream_tts  # noqa: E402,F401  (fast BLAS before mlx)
 from mlx_stream_tts.cpu import blas as _blas
 from mlx_stream_tts.audio import NullSink
 from mlx_stream_tts.pipeline import Pipeline
@@ -151,6 +152,8 @@ def main() -> int:
     parser.add_argument("--parallel", action="store_true", help="translator decodes on two MLX streams")
     parser.add_argument("--priority-lead", default="0.5",
                         help="Pipeline(priority_lead=...): seconds; 'none' lets the voice run during translation")
+    parser.add_argument("--backend", default="auto", choices=("auto", "mlx", "cpu"),
+                        help="the models' backend (mlx: the pure MLX models; auto: the CPU accelerator where it runs)")
     parser.add_argument("--gap", type=float, default=5.0,
                         help="seconds of silence after each sentence (0: one burst; queueing then dominates)")
     args = parser.parse_args()
@@ -160,7 +163,7 @@ def main() -> int:
     from mlx_stream_tts.voice import Voice
 
     t0 = time.perf_counter()
-    voice = Voice.load()
+    voice = Voice.load(backend=args.backend)
     translator = None
     if not args.no_translate:
         from mlx_stream_tts.translate import Translator
@@ -169,7 +172,7 @@ def main() -> int:
         if not path.is_dir():
             print(f"no NLLB model at {path}: run bench/translate.py first (it builds the random 600M model)")
             return 1
-        translator = RandomWeightTranslator(Translator.load(path, parallel=args.parallel), dict(zip(ENGLISH, JAPANESE)))
+        translator = RandomWeightTranslator(Translator.load(path, parallel=args.parallel, backend=args.backend), dict(zip(ENGLISH, JAPANESE)))
     load_s = time.perf_counter() - t0
 
     sentences = JAPANESE if args.no_translate else ENGLISH
@@ -179,7 +182,9 @@ def main() -> int:
     timings, paused, sink = run(sentences, translator, voice, lang, args.piece, 1.0 / args.rate, args.gap, lead,
                           paced=not args.no_pace)
 
-    print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {_blas.blas_threads()} thread(s); models loaded in {load_s:.1f} s")
+    print(f"machine: {sys.platform}, BLAS {_blas.active_blas}, {_blas.blas_threads()} thread(s); models loaded in "
+          f"{load_s:.1f} s; backend {args.backend}: voice {voice.engine.backend}-{voice.engine.precision}, translator "
+          f"{'-' if translator is None else 'mlx' if translator.translator.accelerator is None else 'cpu'}")
     print(f"fed {args.piece} chars every {1000 / args.rate:.1f} ms, {args.gap} s after each sentence; "
           f"sink: {'immediate' if args.no_pace else 'real-time paced'}; "
           f"translator: {'none' if translator is None else path}{' (parallel)' if args.parallel else ''}; "
