@@ -138,7 +138,7 @@ class MlxEngine:
 
             raise AcceleratorError(pure_int8_message(resolved))
         else:
-            logger.info("voice: the pure MLX model (backend %r)", resolved)
+            logger.info("voice: the pure MLX model (backend %r, MLX on %s)", resolved, self._mx.default_device())
             chosen = "mlx"
         self.backend, _, precision_used = chosen.partition("-")
         self.precision = precision_used or "float32"

@@ -138,6 +138,7 @@ def test_environment_forces_the_pure_model(model, monkeypatch):
 
 
 def test_a_gpu_gets_the_pure_model(model, monkeypatch):
+    monkeypatch.delenv("MLX_STREAM_TTS_BACKEND", raising=False)  # the device decides here, not the environment
     monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
     monkeypatch.setattr(_native, "int8_conv", lambda: pytest.fail("nothing is packed or built for a GPU"))
     assert accelerate(model, "auto") == "mlx" and replaced(model) == []

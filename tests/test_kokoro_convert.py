@@ -44,8 +44,10 @@ def _write_tiny(folder: Path) -> Model:
 # Tiny random model: API, shapes, threads, strict loading
 
 
-def test_tiny_model_shapes_and_durations(tmp_path):
+@pytest.mark.parametrize("backend", ["mlx", "auto"])  # the pure model; the CPU accelerator where it applies
+def test_tiny_model_shapes_and_durations(tmp_path, backend):
     model = _write_tiny(tmp_path / "tiny")
+    accelerate(model, backend)
     ids = [0, 3, 5, 7, 2, 0]
     style = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     p = model.predict(ids, style)
@@ -81,13 +83,15 @@ def test_tiny_model_bad_input(tmp_path):
         model.decode(p.asr, p.f0[:, :-1], p.n, style)
 
 
-def test_tiny_model_on_worker_thread(tmp_path):
+@pytest.mark.parametrize("backend", ["mlx", "auto"])
+def test_tiny_model_on_worker_thread(tmp_path, backend):
     _write_tiny(tmp_path / "tiny")
     result: dict = {}
 
     def work():
         try:
             model = load_model(tmp_path / "tiny")
+            accelerate(model, backend)
             audio, dur = model([0, 4, 9, 0], np.ones(16, np.float32) * 0.1)
             result["audio"] = np.array(audio)
             result["dur"] = dur

@@ -24,11 +24,13 @@ logger = logging.getLogger(__name__)
 
 #: What ``precision`` may ask for: ``"auto"`` is int8 where the kernel runs, else float32.
 PRECISIONS = ("auto", "int8", "float32")
-CHOICES = ("mlx", "cpu-float32", "cpu-int8")
 
 
 def accelerate(model: nn.Module, backend: str = "auto", precision: str = "auto") -> str:
     """Swap the CPU accelerator's modules into a loaded ``models.kokoro.Model`` (undoing any earlier call).
+
+    The swapped modules share the model's parameter arrays; the 8-bit ones hold weights packed from
+    them, so weights loaded into the model later need another call.
 
     Args:
         model: the Kokoro model, as :func:`models.kokoro.load_model` gives it.
@@ -53,7 +55,7 @@ def accelerate(model: nn.Module, backend: str = "auto", precision: str = "auto")
     if not device_allows(backend):
         if precision == "int8":
             raise AcceleratorError(pure_int8_message(backend))
-        logger.info("voice: the pure MLX model (backend %r)", backend)
+        logger.info("voice: the pure MLX model (backend %r, MLX on %s)", backend, _device())
         return "mlx"
     from .int8_conv import int8_conv
 
@@ -84,10 +86,14 @@ def restore(model: nn.Module) -> None:
     _restore(model)
 
 
-def pure_int8_message(backend: str) -> str:
-    """Why ``precision="int8"`` cannot run with the pure model (``backend`` as resolved)."""
+def _device() -> str:
     import mlx.core as mx
 
-    why = "backend='mlx' (or MLX_STREAM_TTS_BACKEND=mlx)" if backend == "mlx" else f"MLX runs on {mx.default_device()}"
+    return str(mx.default_device())
+
+
+def pure_int8_message(backend: str) -> str:
+    """Why ``precision="int8"`` cannot run with the pure model (``backend`` as resolved)."""
+    why = "backend='mlx' (or MLX_STREAM_TTS_BACKEND=mlx)" if backend == "mlx" else f"MLX runs on {_device()}"
     return (f"precision='int8' is the CPU accelerator's 8-bit vocoder, but {why} selects the pure MLX model; "
             "use precision='auto' or 'float32'")
