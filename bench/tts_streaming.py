@@ -5,7 +5,7 @@ duration ratio, seam scores at the joins (sample jump and high-frequency burst r
 neighbourhood; a click scores >> 1), time to the first chunk and total time, both warm.
 
     python bench/tts_streaming.py                 # the MLX voice (default converted model)
-    python bench/tts_streaming.py --backend mlx --sentences 2   # the pure MLX model (~13x slower on a CPU)
+    python bench/tts_streaming.py --backend mlx --sentences 2   # the pure MLX model (~13x real time on a CPU)
     python bench/tts_streaming.py --engine ort    # the same logic on onnxruntime (split ONNX graph)
 
 The ``ort`` engine cuts the shipped ONNX graph in two (predictor: tokens -> durations, aligned

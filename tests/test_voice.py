@@ -1,7 +1,10 @@
 """Voice API, its streaming methods, and the audio metrics they are judged with.
 
 Fast tests drive ``Voice`` with a fake engine (the streaming bookkeeping must reproduce one-shot
-audio exactly when the decoder is frame-local); slow tests use the real converted Kokoro model.
+audio exactly when the decoder is frame-local), and the MLX engine with a tiny random Kokoro (the
+pure model's host synchronisations and memory per window); slow tests use the real converted Kokoro
+model, as ``Voice.load`` runs it (the CPU accelerator here; the pure model under
+``MLX_STREAM_TTS_BACKEND=mlx``).
 """
 
 from __future__ import annotations
@@ -333,7 +336,10 @@ def test_load_missing_or_corrupt_folder_says_how_to_fix(tmp_path):
 
 class SyncCounter:
     """Counts the host synchronisations MLX code asks for: ``mx.eval`` (waits), ``mx.async_eval`` (queues
-    work, does not wait) and reads of MLX arrays through ``np.array`` / ``np.asarray`` (wait for the array)."""
+    work, does not wait) and reads of MLX arrays through ``np.array`` / ``np.asarray`` (wait for the array).
+
+    ``.item()`` and ``.tolist()`` cannot be intercepted (methods of a C++ type); the window path has none.
+    """
 
     def __init__(self, monkeypatch):
         import mlx.core as mx

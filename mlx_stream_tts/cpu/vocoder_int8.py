@@ -15,8 +15,9 @@ the shipped Kokoro file: 2-5x faster than float32 on a CPU with AVX-512 VNNI.
   and cost more than the 8-bit convs themselves).
 
 ``conv_post`` stays float32, as in the shipped ONNX: its output is the log-magnitude, and in 8 bits
-the audio's log-mel correlation with float32 fell from ~0.988 to ~0.96. The strided convs (the noise
-convs, ``F0_conv``, ``N_conv``) and the depthwise ``pool`` are small and stay float32 too.
+the audio's log-mel correlation with float32 fell from ~0.988 to ~0.96. The noise convs, the strided
+``F0_conv`` and ``N_conv`` and the depthwise ``pool`` are small and stay float32 too: ``cpu/voice.py``
+gives them, and the rest of the model, the float32 CPU versions of ``conv.py``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ What it can choose, fastest first:
   needs AVX-512 VNNI and a C compiler), everything else as ``"cpu-float32"``;
 - ``"cpu-float32"``: every conv of the model rewritten as graphs MLX's CPU backend runs fast
   (``conv.py``); the same numbers as the pure model up to float rounding;
-- ``"mlx"``: nothing swapped, the pure model of ``models/`` (what a GPU runs). On a CPU it is ~13x
-  slower than ``"cpu-float32"``: MLX runs dilated and strided transposed convs as direct loops.
+- ``"mlx"``: nothing swapped, the pure model of ``models/`` (what a GPU runs). On a CPU it decodes at
+  ~13x real time, tens of times slower than ``"cpu-float32"``: MLX's CPU backend runs dilated and
+  strided transposed convs as direct loops.
 """
 
 from __future__ import annotations
