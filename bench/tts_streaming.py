@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "total_over_oneshot", "rtf", "chunks"]
     precision = getattr(voice.engine, "precision", "-")
     backend = getattr(voice.engine, "backend", "-")
-    print(f"engine={args.engine} backend={backend} precision={precision} voice={args.voice} sentences={args.sentences} modes={MODES}")
+    print(f"engine={args.engine} backend={backend} precision={precision} voice={args.voice} "
+          f"sentences={args.sentences} modes={MODES}")
     print(f"{'method':24s} " + " ".join(f"{c[:10]:>10s}" for c in cols))
     for name, r in results.items():
         print(f"{name:24s} " + " ".join(f"{r[c]:10.3f}" for c in cols) + f"  worst: {r['worst']}")

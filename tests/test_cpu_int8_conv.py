@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
-
-import mlx.nn as nn
 
 from mlx_stream_tts.cpu import int8_conv as _native
 from mlx_stream_tts.cpu import vocoder_int8

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
-
-import mlx.nn as nn
 
 from mlx_stream_tts.cpu import conv as cpu_conv
 from mlx_stream_tts.cpu.modules import adopt
@@ -61,7 +60,7 @@ def test_conv_transpose_matches_torch(c_in, c_out, kernel, stride, padding, outp
 
 
 @pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 5), (7, 3), (11, 5), (11, 1)])
-@pytest.mark.parametrize("path", ["pure", "cpu-gemm", "cpu-conv"])  # cpu: accumulated GEMMs / MLX conv (+ dilation split)
+@pytest.mark.parametrize("path", ["pure", "cpu-gemm", "cpu-conv"])  # cpu: GEMMs / MLX conv (+ dilation split)
 @pytest.mark.parametrize("c_out", [24, 2])  # 2: few outputs, one GEMM onto every tap's output
 def test_conv1d_paths_match_torch(kernel, dilation, path, c_out, monkeypatch):
     monkeypatch.setattr(cpu_conv, "ADDMM_MIN_ELEMENTS", 0 if path == "cpu-gemm" else 1 << 40)

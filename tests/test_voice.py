@@ -386,7 +386,8 @@ def test_pure_model_window_costs_few_host_syncs(monkeypatch):
     decode = engine.window_decoder(pros, style)
     counter = SyncCounter(monkeypatch)
     per_window = []
-    for lo, hi, a, b in [(0, f // 4 + 8, 0, f // 4), (f // 4 - 8, f // 2 + 8, f // 4, f // 2), (f // 2 - 8, f, f // 2, f)]:
+    windows = [(0, f // 4 + 8, 0, f // 4), (f // 4 - 8, f // 2 + 8, f // 4, f // 2), (f // 2 - 8, f, f // 2, f)]
+    for lo, hi, a, b in windows:
         audio = decode(lo, hi, a, b)
         assert audio.shape == ((hi - lo) * SPF,) and np.isfinite(audio).all()
         per_window.append(counter.take())

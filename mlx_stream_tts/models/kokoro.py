@@ -251,7 +251,8 @@ class TextEncoder(nn.Module):
         self.embedding = nn.Embedding(n_symbols, channels)
         pad = (kernel_size - 1) // 2
         # Reference: Sequential(weight_norm(Conv1d), LayerNorm, LeakyReLU(0.2), Dropout).
-        self.cnn = [[nn.Conv1d(channels, channels, kernel_size, padding=pad), LayerNorm(channels)] for _ in range(depth)]
+        self.cnn = [[nn.Conv1d(channels, channels, kernel_size, padding=pad), LayerNorm(channels)]
+                    for _ in range(depth)]
         self.lstm = BiLSTM(channels, channels // 2)
 
     def __call__(self, ids: mx.array) -> mx.array:
