@@ -37,6 +37,8 @@ def _ncl(x: mx.array) -> np.ndarray:
         (8, 4, 12, 6, 3, 0, 1),  # generator.ups.1
         (12, 12, 3, 2, 1, 1, 12),  # AdainResBlk1d.pool (depthwise)
         (5, 3, 7, 3, 2, 1, 1),  # kernel not a multiple of the stride
+        (512, 256, 20, 10, 5, 0, 1),  # Kokoro's own widths: generator.ups.0
+        (1090, 1090, 3, 2, 1, 1, 1090),  # decoder.decode.3.pool
     ],
 )
 @pytest.mark.parametrize("cpu", [False, True], ids=["pure", "cpu"])
