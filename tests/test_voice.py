@@ -392,9 +392,10 @@ def test_pure_model_window_costs_few_host_syncs(monkeypatch):
         assert audio.shape == ((hi - lo) * SPF,) and np.isfinite(audio).all()
         per_window.append(counter.take())
     for counts in per_window:
-        # Measured: one async_eval per resblock (2 upsamplings x 3 kernels), then one read of the audio.
+        # Measured: per upsampling, one async_eval for the noise branch and one per resblock (2 x 4),
+        # then one read of the audio: the host waits once.
         assert counts["eval"] + counts["read"] <= 2, per_window
-        assert sum(counts.values()) <= 8, per_window
+        assert counts["async_eval"] <= 8, per_window
 
 
 def test_pure_model_window_needs_no_more_memory_than_oneshot():
