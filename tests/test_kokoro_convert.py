@@ -16,23 +16,18 @@ import pytest
 import convert.kokoro as ck
 from mlx_stream_tts.models.kokoro import FORMAT_VERSION, Model, ModelArgs, load_model, load_voices, load_vocab
 
-from kokoro_reference import PHONEMES, converted_model_dir, log_mel, corr, token_ids  # noqa: E402
-
-TINY = {
-    "n_token": 30,
-    "hidden_dim": 16,
-    "style_dim": 8,
-    "n_layer": 1,
-    "max_dur": 5,
-    "text_encoder_kernel_size": 5,
-    "plbert": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
-               "max_position_embeddings": 64, "num_hidden_layers": 2, "embedding_size": 8},
-    "istftnet": {"upsample_kernel_sizes": [20, 12], "upsample_rates": [10, 6], "gen_istft_hop_size": 5,
-                 "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]], "resblock_kernel_sizes": [3],
-                 "upsample_initial_channel": 16},
-    "decoder_hidden": 16,
-    "asr_res_dim": 4,
-}
+from kokoro_reference import (  # noqa: E402
+    PHONEMES,
+    SHORT_PHONEMES,
+    SHORT_SPEED,
+    SHORT_VOICE,
+    TINY,
+    converted_model_dir,
+    corr,
+    log_mel,
+    token_ids,
+)
+from mlx_stream_tts.cpu.voice import accelerate
 
 
 def _write_tiny(folder: Path) -> Model:
@@ -49,8 +44,10 @@ def _write_tiny(folder: Path) -> Model:
 # Tiny random model: API, shapes, threads, strict loading
 
 
-def test_tiny_model_shapes_and_durations(tmp_path):
+@pytest.mark.parametrize("backend", ["mlx", "auto"])  # the pure model; the CPU accelerator where it applies
+def test_tiny_model_shapes_and_durations(tmp_path, backend):
     model = _write_tiny(tmp_path / "tiny")
+    accelerate(model, backend)
     ids = [0, 3, 5, 7, 2, 0]
     style = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     p = model.predict(ids, style)
@@ -86,13 +83,15 @@ def test_tiny_model_bad_input(tmp_path):
         model.decode(p.asr, p.f0[:, :-1], p.n, style)
 
 
-def test_tiny_model_on_worker_thread(tmp_path):
+@pytest.mark.parametrize("backend", ["mlx", "auto"])
+def test_tiny_model_on_worker_thread(tmp_path, backend):
     _write_tiny(tmp_path / "tiny")
     result: dict = {}
 
     def work():
         try:
             model = load_model(tmp_path / "tiny")
+            accelerate(model, backend)
             audio, dur = model([0, 4, 9, 0], np.ones(16, np.float32) * 0.1)
             result["audio"] = np.array(audio)
             result["dur"] = dur
@@ -398,13 +397,15 @@ def test_float16_conversion_is_sane(tmp_path, tmp_path_factory):
     assert (out / "model.safetensors").stat().st_size < 0.55 * fp32_size
     fp32 = load_model(converted_model_dir(tmp_path_factory))
     vocab, voices = load_vocab(out), load_voices(out)
-    ids = token_ids(PHONEMES[0], vocab)
-    style = voices["jf_alpha"][len(ids) - 3]
-    p32 = fp32.predict(ids, style)
+    ids = token_ids(SHORT_PHONEMES, vocab)
+    style = voices[SHORT_VOICE][len(ids) - 3]
+    accelerate(fp32, "auto")  # as the voice runs it (the pure model under MLX_STREAM_TTS_BACKEND=mlx)
+    p32 = fp32.predict(ids, style, SHORT_SPEED)
     audio32 = np.array(fp32.decode(p32.asr, p32.f0, p32.n, style))
     m = load_model(out)  # float16 storage, float32 compute
     assert all(v.dtype == mx.float32 for _, v in nn.utils.tree_flatten(m.parameters()))
-    p = m.predict(ids, style, durations=p32.durations)
+    accelerate(m, "auto")
+    p = m.predict(ids, style, SHORT_SPEED, durations=p32.durations)
     audio = np.array(m.decode(p.asr, p.f0, p.n, style))
     assert np.isfinite(audio).all() and audio.shape == audio32.shape
     assert 0.05 < np.abs(audio).max() < 1.5

@@ -2,8 +2,11 @@
 
 Follows hexgrad/kokoro ``kokoro/model.py`` (``KModel.forward_with_tokens``) and ``kokoro/modules.py``
 (PL-BERT ALBERT, ``TextEncoder``, ``ProsodyPredictor``, ``DurationEncoder``); the decoder is in
-``istftnet.py``. Arrays are channels-last ``(B, L, C)``. Batch size is 1 where durations are involved
-(each utterance has its own length), as in the reference.
+``istftnet.py``, the DSP in ``kokoro_dsp.py``. Arrays are channels-last ``(B, L, C)``. Batch size is 1
+where durations are involved (each utterance has its own length), as in the reference.
+
+Pure MLX, the same on every device: the CPU accelerator (``mlx_stream_tts/cpu/voice.py``) swaps some
+modules of a loaded model for faster CPU versions; nothing here knows about it.
 
 The folder format (written by ``convert/kokoro.py``): ``config.json``, ``model.safetensors``,
 ``voices.safetensors`` and ``vocab.json``. Weight norm is folded; each bidirectional LSTM is stored as
@@ -23,7 +26,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .istftnet import AdainResBlk1d, Conv1d, Decoder, gelu_approx, leaky_relu
+from .istftnet import AdainResBlk1d, Decoder, leaky_relu
+from .kokoro_dsp import gelu_approx
 
 FORMAT_VERSION = 1
 RECONVERT_HINT = "re-run `mlx-stream-tts convert kokoro --out {path} --overwrite`"
@@ -247,7 +251,8 @@ class TextEncoder(nn.Module):
         self.embedding = nn.Embedding(n_symbols, channels)
         pad = (kernel_size - 1) // 2
         # Reference: Sequential(weight_norm(Conv1d), LayerNorm, LeakyReLU(0.2), Dropout).
-        self.cnn = [[Conv1d(channels, channels, kernel_size, padding=pad), LayerNorm(channels)] for _ in range(depth)]
+        self.cnn = [[nn.Conv1d(channels, channels, kernel_size, padding=pad), LayerNorm(channels)]
+                    for _ in range(depth)]
         self.lstm = BiLSTM(channels, channels // 2)
 
     def __call__(self, ids: mx.array) -> mx.array:
@@ -294,8 +299,8 @@ class ProsodyPredictor(nn.Module):
             AdainResBlk1d(d_hid, d_hid // 2, style_dim, upsample=True),
             AdainResBlk1d(d_hid // 2, d_hid // 2, style_dim),
         ]
-        self.F0_proj = Conv1d(d_hid // 2, 1, 1)
-        self.N_proj = Conv1d(d_hid // 2, 1, 1)
+        self.F0_proj = nn.Conv1d(d_hid // 2, 1, 1)
+        self.N_proj = nn.Conv1d(d_hid // 2, 1, 1)
 
     def F0Ntrain(self, x: mx.array, s: mx.array) -> tuple[mx.array, mx.array]:
         """Aligned features ``(B, F, C)`` -> F0 and energy curves ``(B, 2F)``."""
