@@ -10,7 +10,9 @@ package adds, once at load and only where the CPU supports it:
   products), its decoding step in one C call (``nllb_step.py``, ``kernels/nllb_decode.c``) and a float32
   encoder for quantized models;
 - ``voice.py``: the vocoder's convolutions as GEMMs (``conv.py``) or in 8 bits (``int8_conv.py``,
-  ``vocoder_int8.py``, ``kernels/int8_conv.c``).
+  ``vocoder_int8.py``, ``kernels/int8_conv.c``);
+- ``modules.py``: how both swap modules of a loaded model for CPU subclasses that share its arrays (as
+  ``nn.quantize`` swaps layers), and give the model back as loaded; ``build.py``: compiling the kernels.
 
 Which runs is chosen by ``backend`` (:func:`resolve_backend`): ``"auto"`` takes the accelerator where
 MLX runs on the CPU and it can be built, the pure model elsewhere (a GPU), and logs one WARNING when a
