@@ -84,18 +84,21 @@ def test_build_failures_are_recorded(tmp_path, monkeypatch):
 
 
 def test_backend_mlx_in_the_environment_keeps_the_gemv_shim_out():
-    code = "import mlx_stream_tts.cpu.blas as b; print(b.gemv_shim is None, b.active_blas is not None)"
-    env_mlx = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**_env(), cpu.ENV_BACKEND: "mlx"})
-    assert env_mlx.returncode == 0, env_mlx.stderr
-    no_shim, blas = env_mlx.stdout.split()
+    code = ("import mlx_stream_tts.cpu.blas as b; from mlx_stream_tts.cpu.build import failures; "
+            "print(b.gemv_shim is None, b.active_blas is not None, repr(failures.get('gemv_shim.c')))")
+    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**_env(), cpu.ENV_BACKEND: "mlx"})
+    assert forced.returncode == 0, forced.stderr
+    no_shim, blas, why = forced.stdout.split(" ", 2)
     assert no_shim == "True"
+    if blas == "True":
+        assert "MLX_STREAM_TTS_BACKEND=mlx" in why
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
     assert default.returncode == 0, default.stderr
-    if blas == "True":  # with OpenBLAS and a compiler the default process has the shim
-        from mlx_stream_tts.cpu import blas as live
-
-        assert default.stdout.split()[0] == str(live.gemv_shim is None)
+    no_shim, blas, why = default.stdout.split(" ", 2)
+    # Without the variable the shim is there, or a reason why not is recorded (no compiler, no OpenBLAS).
+    assert no_shim == "False" or why.strip() != "None" or blas == "False"
+    assert "MLX_STREAM_TTS_BACKEND" not in why
 
 
 def _env() -> dict[str, str]:

@@ -14,6 +14,7 @@ import wave
 import numpy as np
 import pytest
 
+from mlx_stream_tts import cpu
 from mlx_stream_tts.audio import WavSink
 from mlx_stream_tts.pipeline import Pipeline
 
@@ -36,14 +37,14 @@ def voice_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["mlx", "auto"])
 def test_text_to_wav_through_translator_and_voice(tmp_path_factory, tmp_path, voice_dir, backend):
-    sentences = SENTENCES[:1] if backend == "mlx" else SENTENCES
+    sentences = SENTENCES[:1] if cpu.resolve_backend(backend) == "mlx" else SENTENCES
     text = " ".join(sentences) + "\n"
     from mlx_stream_tts.translate import Translator
     from mlx_stream_tts.voice import Voice
 
     translator = Translator.load(get_converted(tmp_path_factory, "d20gelu"), backend=backend)
     voice = Voice.load(voice_dir, backend=backend)
-    if backend == "mlx":  # nothing of the accelerator is applied
+    if not cpu.device_allows(cpu.resolve_backend(backend)):  # "mlx", MLX_STREAM_TTS_BACKEND=mlx, or a GPU
         assert translator.accelerator is None
         assert (voice.engine.backend, voice.engine.precision) == ("mlx", "float32")
     else:
