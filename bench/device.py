@@ -43,7 +43,8 @@ NLLB_SHAPE = dict(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_la
                   max_position_embeddings=1024, scale_embedding=True, activation_function="relu")
 SRC_TOKENS = 24
 ENGLISH = "Run the tests again before you commit the change, then open the file and read the first line."
-PHONEMES = "kore wa sokudo o hakaru tame no bunshoo desu, tesuto o mooichido jikkoo shite kara komitto shimasu."
+# ~3.5 s of speech at 3 frames per phoneme (a short agent sentence).
+PHONEMES = "tesuto o mooichido jikkoo shite kara, komitto shimasu."
 FRAMES_PER_PHONEME = 3
 
 
