@@ -22,6 +22,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from . import decoding
+from .cpu import resolve_backend
 from .cpu.nllb_step import DecodingStep
 from .cpu.translator import TranslatorAccelerator, accelerate
 from .decoding import Decoded, ModelRows, StepRows, Vocabulary
@@ -130,6 +131,7 @@ class Translator:
             AcceleratorError: ``backend="cpu"`` where the CPU accelerator cannot run.
         """
         target = cls._dtype(dtype)
+        resolve_backend(backend)  # a bad name fails before the weights are read
         path = Path(path).expanduser() if path is not None else default_model_dir()
         how = CONVERT_COMMAND.format(out=path)
         if not path.is_dir():

@@ -81,7 +81,7 @@ def test_blas_threads_default_to_two_and_can_be_set():
     assert bad[0] == expected and "not a number" in bad[-1]
 
 
-# --- the gemv shim (mlx_stream_tts/data/gemv_shim.c) ---------------------------------------------------
+# --- the gemv shim (mlx_stream_tts/cpu/kernels/gemv_shim.c) ---------------------------------------------------
 
 _ROW_MAJOR, _COL_MAJOR, _NO_TRANS, _TRANS = 101, 102, 111, 112
 
