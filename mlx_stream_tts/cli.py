@@ -134,7 +134,8 @@ def _speak(args: argparse.Namespace) -> int:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
     try:
-        sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play)
+        # No voice, no audio: the sound card is not opened (subtitles work on a machine without one).
+        sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play and voice is not None)
     except (AudioDeviceError, OSError) as err:
         raise SystemExit(f"mlx-stream-tts: {err}") from None
 
@@ -144,11 +145,16 @@ def _speak(args: argparse.Namespace) -> int:
     # A sentence is "spoken" when its first audio reaches the sink (or when done, with no voice).
     subtitle_stage = "first_audio" if voice is not None else "done"
 
+    failed: set[int] = set()  # sentences a stage failed on (the pipeline logs each failure once)
+    chunked = [0]  # sentences in all
+
     def on_event(event) -> None:
+        if event.stage == "chunked":
+            chunked[0] += 1
         if args.text and event.stage == subtitle_stage:
             print(event.text, file=subtitle_out, flush=True)
         elif event.stage == "error":
-            logger.warning("sentence %d failed: %s", event.seq, event.error)
+            failed.add(event.seq)
 
     pipeline = Pipeline(
         translator=translator,
@@ -173,6 +179,10 @@ def _speak(args: argparse.Namespace) -> int:
         pipeline.close()
         print("\nmlx-stream-tts: stopped.", file=sys.stderr)
         return 130
+    if failed:
+        print(f"mlx-stream-tts: {len(failed)} of {chunked[0]} sentences could not be spoken (see the errors above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

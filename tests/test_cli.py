@@ -164,3 +164,38 @@ def test_missing_translator_model_says_how_to_convert(tmp_path):
 def test_unknown_target_language_lists_close_matches():
     proc = run_cli("speak", "-", "--no-play", "--to", "jpn_Japn", stdin=b"Hello.")
     assert proc.returncode != 0 and b"jpn_Jpan" in proc.stderr
+
+
+def test_no_voice_never_opens_the_sound_card(tmp_path, monkeypatch, capsys):
+    from mlx_stream_tts import audio
+
+    def no_device(*args, **kwargs):
+        raise audio.AudioDeviceError("no sound card here")
+
+    monkeypatch.setattr(audio, "SoundDeviceSink", no_device)
+    text = tmp_path / "in.txt"
+    text.write_text("One sentence here. Another one there.\n")
+    # Subtitles only, without --no-play: nothing is played, so no device is needed.
+    assert main(["speak", str(text), "--to", "none", "--lang", "en", "--no-voice", "--text"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["One sentence here.", "Another one there."]
+
+
+def test_failed_sentences_give_a_nonzero_exit_and_a_count(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from fakes import FakeVoice
+
+    from mlx_stream_tts import voice as voice_module
+
+    monkeypatch.setattr(voice_module.Voice, "load", classmethod(lambda cls, *a, **k: FakeVoice(fail_on="broken")))
+    text = tmp_path / "in.txt"
+    out = tmp_path / "out.wav"
+    text.write_text("This one is fine. This one is broken. This one is fine too.\n")
+    with caplog.at_level(logging.WARNING):
+        code = main(["speak", str(text), "--to", "none", "--lang", "en", "--out", str(out)])
+    assert code == 1
+    assert "1 of 3 sentences could not be spoken" in capsys.readouterr().err
+    failures = [r for r in caplog.records if "broken" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(failures) == 1, [r.getMessage() for r in failures]  # logged once, not twice
+    text.write_text("All of these are fine. Really fine.\n")
+    assert main(["speak", str(text), "--to", "none", "--lang", "en", "--out", str(out)]) == 0
