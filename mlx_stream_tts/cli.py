@@ -13,6 +13,7 @@ import codecs
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -99,11 +100,14 @@ def _speak(args: argparse.Namespace) -> int:
         lang = "en" if translate else args.lang
         chunker = SentenceChunker(lang=lang)
         out = sys.stdout
-        for piece in pieces:
-            for sentence in chunker.feed(piece):
+        try:
+            for piece in pieces:
+                for sentence in chunker.feed(piece):
+                    _print_speakable(out, speakable(sentence, lang, code=args.code))
+            for sentence in chunker.flush():
                 _print_speakable(out, speakable(sentence, lang, code=args.code))
-        for sentence in chunker.flush():
-            _print_speakable(out, speakable(sentence, lang, code=args.code))
+        except BrokenPipeError:  # the reader has gone (`| head`): stop, as Unix tools do
+            _quiet_stdout()
         return 0
 
     from .audio import AudioDeviceError, open_sink
@@ -147,14 +151,21 @@ def _speak(args: argparse.Namespace) -> int:
 
     failed: set[int] = set()  # sentences a stage failed on (the pipeline logs each failure once)
     chunked = [0]  # sentences in all
+    # Set when whoever reads our output has gone (`| head`): the run stops at once, as Unix tools do.
+    reader_gone = threading.Event()
 
     def on_event(event) -> None:
         if event.stage == "chunked":
             chunked[0] += 1
-        if args.text and event.stage == subtitle_stage:
-            print(event.text, file=subtitle_out, flush=True)
+        if args.text and event.stage == subtitle_stage and not reader_gone.is_set():
+            try:
+                print(event.text, file=subtitle_out, flush=True)
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed under us
+                reader_gone.set()
         elif event.stage == "error":
             failed.add(event.seq)
+        if getattr(sink, "broken", False):  # PcmSink: the reader of the PCM has gone
+            reader_gone.set()
 
     pipeline = Pipeline(
         translator=translator,
@@ -167,9 +178,23 @@ def _speak(args: argparse.Namespace) -> int:
         code=args.code,
         on_event=on_event,
     )
+    finished = threading.Event()
+
+    def stop_when_reader_goes() -> None:
+        # cancel() from here: the main thread may be blocked inside feed() on a long piece of text.
+        while not finished.is_set():
+            if reader_gone.wait(0.05):
+                pipeline.cancel()
+                return
+
+    threading.Thread(target=stop_when_reader_goes, name="reader-watch", daemon=True).start()
     try:
         for piece in pieces:
+            if reader_gone.is_set():
+                break
             pipeline.feed(piece)
+        if reader_gone.is_set():
+            pipeline.cancel()
         pipeline.close()
     except AudioDeviceError as err:  # the device failed once audio started
         pipeline.cancel()
@@ -179,11 +204,26 @@ def _speak(args: argparse.Namespace) -> int:
         pipeline.close()
         print("\nmlx-stream-tts: stopped.", file=sys.stderr)
         return 130
+    finally:
+        finished.set()
+    if reader_gone.is_set():
+        _quiet_stdout()
+        return 0
     if failed:
         print(f"mlx-stream-tts: {len(failed)} of {chunked[0]} sentences could not be spoken (see the errors above)",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the flush at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _print_speakable(out, text: str) -> None:

@@ -199,3 +199,43 @@ def test_failed_sentences_give_a_nonzero_exit_and_a_count(tmp_path, monkeypatch,
     assert len(failures) == 1, [r.getMessage() for r in failures]  # logged once, not twice
     text.write_text("All of these are fine. Really fine.\n")
     assert main(["speak", str(text), "--to", "none", "--lang", "en", "--out", str(out)]) == 0
+
+
+def _read_then_close(args: list[str], stdin: bytes, nbytes: int | None = None) -> tuple[int, bytes, bytes, float]:
+    """Run the CLI, read its first line (or ``nbytes``) and close the pipe, as `| head` does. Returns the
+    exit code, what was read, stderr and the seconds it ran on after the reader left."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_stream_tts", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    got = proc.stdout.read(nbytes) if nbytes else proc.stdout.readline()
+    proc.stdout.close()
+    left = time.perf_counter()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    return code, got, err, time.perf_counter() - left
+
+
+@pytest.mark.parametrize("flags", [["--no-voice", "--text"], ["--dry-run"]])
+def test_a_reader_that_leaves_stops_the_run_quietly(flags):
+    text = "".join(f"Sentence number {i} is here. " for i in range(3000)).encode()
+    code, got, err, _ = _read_then_close(["speak", "-", "--to", "none", "--lang", "en", *flags], text)
+    assert got == b"Sentence number 0 is here.\n"
+    assert code == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_pcm_reader_that_leaves_stops_the_voice_at_once(tmp_path_factory):
+    from convert.kokoro import convert_from_onnx, default_model_dir, is_converted
+
+    voice_dir = default_model_dir()
+    if not is_converted(voice_dir):
+        voice_dir = convert_from_onnx(tmp_path_factory.mktemp("kokoro"), overwrite=True)
+    text = ("テストを実行します。" * 200).encode()  # ~2 minutes of speech
+    code, got, err, after = _read_then_close(["speak", "-", "--to", "none", "--pcm", "--voice-dir", str(voice_dir)],
+                                             text, nbytes=1000)
+    assert len(got) == 1000
+    assert code == 0 and b"Traceback" not in err, err.decode()[-2000:]
+    assert after < 10, f"synthesized on for {after:.1f} s after the reader left"
