@@ -228,6 +228,11 @@ def test_a_reader_that_leaves_stops_the_run_quietly(flags):
 
 @pytest.mark.slow
 def test_pcm_reader_that_leaves_stops_the_voice_at_once(tmp_path_factory):
+    from mlx_stream_tts.cpu import resolve_backend
+
+    if resolve_backend("auto") == "mlx":
+        pytest.skip("MLX_STREAM_TTS_BACKEND=mlx: the pure voice's window in flight takes tens of seconds on a CPU, "
+                    "and a call in flight is not abandoned yet (issue #12)")
     from convert.kokoro import convert_from_onnx, default_model_dir, is_converted
 
     voice_dir = default_model_dir()
