@@ -193,6 +193,18 @@ class WavSink:
         """Nothing is pending: what was written stays in the file."""
 
 
+def quiet_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null once its reader has gone (``| head``): Python flushes
+    stdout at exit and would print a BrokenPipeError there (what the Python docs recommend for
+    SIGPIPE-like handling)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 class PcmSink:
     """Raw 16-bit little-endian mono PCM to a byte stream (default: stdout).
 
@@ -233,14 +245,7 @@ class PcmSink:
         self.broken = True
         logger.info("PCM output closed by the reader; discarding the rest of the audio")
         if self._stream is None:
-            # Python flushes stdout at exit and would print a BrokenPipeError there: point the fd at
-            # /dev/null instead (what the Python docs recommend for SIGPIPE-like handling).
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):
-                pass
+            quiet_stdout()
 
     def close(self) -> None:
         """Flush (the stream itself is the caller's and stays open)."""

@@ -107,10 +107,12 @@ def _speak(args: argparse.Namespace) -> int:
             for sentence in chunker.flush():
                 _print_speakable(out, speakable(sentence, lang, code=args.code))
         except BrokenPipeError:  # the reader has gone (`| head`): stop, as Unix tools do
-            _quiet_stdout()
+            from .audio import quiet_stdout
+
+            quiet_stdout()
         return 0
 
-    from .audio import AudioDeviceError, open_sink
+    from .audio import AudioDeviceError, open_sink, quiet_stdout
     from .pipeline import Pipeline
 
     translator = None
@@ -207,23 +209,13 @@ def _speak(args: argparse.Namespace) -> int:
     finally:
         finished.set()
     if reader_gone.is_set():
-        _quiet_stdout()
+        quiet_stdout()
         return 0
     if failed:
         print(f"mlx-stream-tts: {len(failed)} of {chunked[0]} sentences could not be spoken (see the errors above)",
               file=sys.stderr)
         return 1
     return 0
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null once its reader has gone, so that the flush at exit raises nothing."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def _print_speakable(out, text: str) -> None:
