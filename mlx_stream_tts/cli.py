@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import logging
 import os
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 logger = logging.getLogger("mlx_stream_tts")
@@ -22,7 +24,7 @@ logger = logging.getLogger("mlx_stream_tts")
 _READ_SIZE = 65536
 
 
-def _read_pieces(stream: BinaryIO) -> Iterator[bytes]:
+def read_pieces(stream: BinaryIO, size: int = _READ_SIZE) -> Iterator[bytes]:
     """Yield bytes as soon as they arrive (a live pipe gives partial lines: don't wait for EOF)."""
     try:
         fd = stream.fileno()
@@ -30,7 +32,7 @@ def _read_pieces(stream: BinaryIO) -> Iterator[bytes]:
         fd = None
     read = getattr(stream, "read1", stream.read)
     while True:
-        data = os.read(fd, _READ_SIZE) if fd is not None else read(_READ_SIZE)
+        data = os.read(fd, size) if fd is not None else read(size)
         if not data:
             return
         yield data
@@ -47,7 +49,7 @@ def iter_text(stream: BinaryIO, fmt: str = "auto", tools: bool = False) -> Itera
     """
     from .claude import StreamJsonReader, looks_like_stream_json
 
-    pieces = _read_pieces(stream)
+    pieces = read_pieces(stream)
     head = b""
     if fmt == "auto":
         # Peek until the first non-blank line is complete (or the input ends).
@@ -89,9 +91,11 @@ def _open_input(path: str) -> BinaryIO:
 
 
 def _speak(args: argparse.Namespace) -> int:
+    if args.server:
+        return _speak_to_server(args)
     from .chunking import SentenceChunker, speakable
 
-    translate = args.to.lower() not in ("none", "off", "")
+    translate = _translates(args)
     stream = _open_input(args.input)
     pieces = iter_text(stream, args.format, tools=args.tools)
 
@@ -115,29 +119,7 @@ def _speak(args: argparse.Namespace) -> int:
     from .audio import AudioDeviceError, open_sink, quiet_stdout
     from .pipeline import Pipeline
 
-    translator = None
-    src_lang = tgt_lang = None
-    if translate:
-        from .translate import Translator, default_model_dir, resolve_lang
-
-        try:
-            src_lang, tgt_lang = resolve_lang(args.source), resolve_lang(args.to)
-        except ValueError as err:
-            raise SystemExit(f"mlx-stream-tts: {err}") from None
-        model_dir = args.model_dir or default_model_dir()
-        try:
-            translator = Translator.load(model_dir, backend=args.backend)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: cpu.AcceleratorError
-            raise SystemExit(f"mlx-stream-tts: {err}") from None
-
-    voice = None
-    if not args.no_voice:
-        from .voice import Voice
-
-        try:
-            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision, backend=args.backend)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            raise SystemExit(f"mlx-stream-tts: {err}") from None
+    translator, voice, src_lang, tgt_lang, _cache = load_stages(args)
 
     try:
         # No voice, no audio: the sound card is not opened (subtitles work on a machine without one).
@@ -173,8 +155,8 @@ def _speak(args: argparse.Namespace) -> int:
         translator=translator,
         voice=voice,
         sink=sink,
-        src_lang=src_lang or "eng_Latn",
-        tgt_lang=tgt_lang or "jpn_Jpan",
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
         lang="en" if translate else args.lang,
         speed=args.speed,
         code=args.code,
@@ -218,9 +200,284 @@ def _speak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _translates(args: argparse.Namespace) -> bool:
+    return args.to.lower() not in ("none", "off", "")
+
+
+def load_stages(args: argparse.Namespace):
+    """(translator or None, voice or None, source language, target language, phrase cache or None).
+
+    The stages come wrapped by the phrase cache unless ``--no-cache`` (or $MLX_STREAM_TTS_NO_CACHE).
+    Raises SystemExit with a one-line message when a model cannot be loaded.
+    """
+    translator = None
+    src_lang, tgt_lang = "eng_Latn", "jpn_Jpan"
+    if _translates(args):
+        from .translate import Translator, default_model_dir, resolve_lang
+
+        try:
+            src_lang, tgt_lang = resolve_lang(args.source), resolve_lang(args.to)
+        except ValueError as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+        model_dir = args.model_dir or default_model_dir()
+        try:
+            translator = Translator.load(model_dir, backend=args.backend)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: cpu.AcceleratorError
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+    voice = None
+    if not args.no_voice:
+        from .voice import Voice
+
+        try:
+            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision, backend=args.backend)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+    cache = None
+    if translator is not None or voice is not None:
+        translator, voice, cache = _with_cache(args, translator, voice)
+    return translator, voice, src_lang, tgt_lang, cache
+
+
+def _with_cache(args: argparse.Namespace, translator, voice):
+    """Wrap the stages with the phrase cache: what a model said once is said again in milliseconds."""
+    from .phrase_cache import CachedTranslator, CachedVoice, fingerprint, open_default_cache
+
+    cache = open_default_cache(enabled=False if args.no_cache else None)
+    if cache is None:
+        return translator, voice, None
+    try:
+        if translator is not None:
+            from .translate import default_model_dir, device_dtype
+
+            # What produced the words: the weights, the dtype they run in, and which code ran them.
+            runner = "cpu" if getattr(translator, "accelerator", None) is not None else "mlx"
+            model_id = f"nllb:{fingerprint(args.model_dir or default_model_dir())}:{device_dtype()}:{runner}"
+            translator = CachedTranslator(translator, cache, model_id=model_id)
+        if voice is not None:
+            from convert.kokoro import default_model_dir as kokoro_dir
+
+            # The readings (data/) decide what is said as much as the weights do.
+            data = Path(__file__).resolve().parent / "data"
+            voice_id = f"kokoro:{fingerprint(args.voice_dir or kokoro_dir())}:{fingerprint(data)}"
+            voice = CachedVoice(voice, cache, voice_id=voice_id)
+    except (OSError, ValueError) as err:
+        logger.warning("phrase cache off: %s", err)
+        cache.close()
+        return getattr(translator, "inner", translator), getattr(voice, "inner", voice), None
+    return translator, voice, cache
+
+
 def _print_speakable(out, text: str) -> None:
     if text:
         print(text, file=out, flush=True)
+
+
+def _speak_to_server(args: argparse.Namespace) -> int:
+    """`speak --server`: the input goes to the warm service; nothing heavy is imported here."""
+    from . import client
+
+    address = _address(args)
+    stream = _open_input(args.input)
+    reader_gone = [False]
+
+    def on_spoken(text: str) -> None:
+        if args.text and not reader_gone[0]:
+            try:
+                print(text, flush=True)
+            except (BrokenPipeError, ValueError):
+                reader_gone[0] = True
+
+    try:
+        answer = client.speak(address, stream, fmt=args.format, tools=args.tools, interrupt=args.interrupt,
+                              on_spoken=on_spoken)
+    except (client.NoService, ConnectionError) as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+    if reader_gone[0]:
+        from .audio import quiet_stdout
+
+        quiet_stdout()
+    if "error" in answer:
+        print(f"mlx-stream-tts: the service says: {answer['error']}", file=sys.stderr)
+        return 1
+    if answer.get("interrupted"):
+        print("mlx-stream-tts: interrupted by another request", file=sys.stderr)
+        return 0
+    if answer.get("failed"):
+        print(f"mlx-stream-tts: {answer['failed']} of {answer.get('sentences')} sentences could not be spoken "
+              "(see the service's log)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _address(args: argparse.Namespace):
+    from . import client
+
+    try:
+        return client.resolve(args.socket)
+    except ValueError as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .protocol import parse_address
+    from .service import AlreadyRunning, Service
+
+    if args.tcp is not None:
+        try:
+            address = parse_address(f"tcp:127.0.0.1:{args.tcp}")
+        except ValueError as err:
+            raise SystemExit(f"mlx-stream-tts: {err}") from None
+    else:
+        address = _address(args)
+        if isinstance(address, tuple):
+            raise SystemExit("mlx-stream-tts: serve listens on TCP only with --tcp PORT")
+    if args.log:
+        handler = logging.FileHandler(args.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    # The service says what it does (listening, loaded, each client) unless told to be quieter.
+    if args.verbose == 0:
+        logging.getLogger("mlx_stream_tts.service").setLevel(logging.INFO)
+
+    def load(on_event):
+        pipeline, info, service.cache = _serve_pipeline(args, on_event)
+        return pipeline, info
+
+    service = Service(address, load, hooks=not args.no_hooks)
+    try:
+        return service.serve()
+    except AlreadyRunning as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+    except (ValueError, PermissionError) as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+    except OSError as err:
+        raise SystemExit(f"mlx-stream-tts: cannot listen on {address}: {err.strerror or err}") from None
+
+
+def _serve_pipeline(args: argparse.Namespace, on_event):
+    """The service's pipeline and a description of it (for `status`); raises on failure."""
+    from .audio import open_sink
+    from .pipeline import Pipeline
+
+    try:
+        translator, voice, src_lang, tgt_lang, cache = load_stages(args)
+    except SystemExit as err:  # a message for the clients, not an exit of the service's threads
+        raise RuntimeError(str(err.code).removeprefix("mlx-stream-tts: ")) from None
+    sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play and voice is not None)
+    subtitle_out = sys.stderr if args.pcm else sys.stdout
+
+    def events(event) -> None:
+        if args.text and event.stage == ("first_audio" if voice is not None else "done"):
+            try:
+                print(event.text, file=subtitle_out, flush=True)
+            except (OSError, ValueError):
+                pass
+        on_event(event)
+
+    pipeline = Pipeline(translator=translator, voice=voice, sink=sink, src_lang=src_lang, tgt_lang=tgt_lang,
+                        lang="en" if translator is not None else args.lang, speed=args.speed, code=args.code,
+                        on_event=events)
+    warm = getattr(pipeline, "warm", None)
+    if warm is not None:
+        warm()
+    info = {
+        "translator": f"{args.model_dir or 'default'} ({src_lang} -> {tgt_lang})" if translator is not None else None,
+        "voice": f"{args.voice} (speed {args.speed})" if voice is not None else None,
+        "output": args.out or ("pcm on stdout" if args.pcm else "none" if args.no_play or voice is None else "sound card"),
+        "cache": str(cache.path) if cache is not None else "off",
+    }
+    return pipeline, info, cache
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import client
+
+    address = _address(args)
+    try:
+        info = client.request(address, "status")
+    except client.NoService as err:
+        print(f"mlx-stream-tts: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        client.print_status(info, sys.stdout)
+    return 0 if info.get("state") in ("ready", "loading", "starting") else 1
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import client
+
+    address = _address(args)
+    try:
+        client.request(address, "stop")
+    except client.NoService as err:
+        print(f"mlx-stream-tts: {err}", file=sys.stderr)
+        return 1
+    # Wait for it to be gone, so that a `serve` right after this finds the socket free.
+    import time
+
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            client.request(address, "status", timeout=0.5)
+        except client.NoService:
+            print("mlx-stream-tts: stopped the service", file=sys.stderr)
+            return 0
+        time.sleep(0.05)
+    print("mlx-stream-tts: the service did not stop within 10 s", file=sys.stderr)
+    return 1
+
+
+#: A hook payload larger than this is not read whole (payloads are a few hundred bytes to a few KB).
+_MAX_HOOK_PAYLOAD = 8 << 20
+
+
+def _hook(args: argparse.Namespace) -> int:
+    """Run by Claude Code for each hook event: hand the payload to the service and return at once.
+
+    Whatever goes wrong, Claude must not be disturbed: a log line on stderr and exit 0.
+    """
+    from . import client, hooks
+
+    try:
+        data = sys.stdin.buffer.read(_MAX_HOOK_PAYLOAD)
+    except (OSError, ValueError) as err:
+        logger.warning("hook: cannot read the payload: %s", err)
+        return 0
+    payload = hooks.read_payload(data)
+    if payload is None:
+        return 0
+    try:
+        address = client.resolve(args.socket)
+        import shlex
+
+        serve_args = shlex.split(args.serve_args or os.environ.get("MLX_STREAM_TTS_SERVE_ARGS", ""))
+        what = client.deliver_hook(address, payload, start=not args.no_start, serve_args=serve_args)
+    except (OSError, ValueError) as err:
+        logger.warning("hook: cannot hand the payload to the service: %s", err)
+        return 0
+    logger.info("hook %s: %s", payload.get("hook_event_name"), what)
+    return 0
+
+
+def _install_hook(args: argparse.Namespace) -> int:
+    from . import hooks
+
+    path = Path(args.settings) if args.settings else hooks.settings_path(project=args.project)
+    command = args.command_line
+    try:
+        if args.uninstall:
+            changed = hooks.uninstall(path, command)
+        else:
+            changed = hooks.install(path, command)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"mlx-stream-tts: {err}") from None
+    verb = "removed from" if args.uninstall else "added to"
+    print(f"mlx-stream-tts: hooks {verb} {path}" if changed else f"mlx-stream-tts: {path} already up to date")
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -244,33 +501,100 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speak.add_argument("input", nargs="?", default="-", help="input file, or - for stdin")
     speak.add_argument("--format", choices=["auto", "stream-json", "text"], default="auto", help="input format")
-    speak.add_argument("--to", default="ja", help="target language (ja, jpn_Jpan, ...), or 'none' to speak the text as it is")
-    speak.add_argument("--from", dest="source", default="eng_Latn", help="source language of the text")
-    speak.add_argument("--lang", default="ja", help="language of the input text when --to none (for sentence splitting)")
-    speak.add_argument("--voice", default="jf_alpha", help="Kokoro voice name")
-    speak.add_argument("--speed", type=float, default=1.0, help="speech speed factor")
-    speak.add_argument("--out", metavar="FILE.wav", help="write the speech to a WAV file instead of playing it")
-    speak.add_argument("--pcm", action="store_true", help="write raw 16-bit 24 kHz mono PCM to stdout (| aplay -f S16_LE -r 24000)")
-    speak.add_argument("--no-play", action="store_true", help="synthesize but do not play (timing runs)")
-    speak.add_argument("--no-voice", action="store_true", help="no speech at all (with --text: subtitles only)")
-    speak.add_argument("--text", action="store_true", help="print each sentence as it is spoken, like subtitles")
-    speak.add_argument("--dry-run", action="store_true", help="print the sentences that would be spoken, one per line, and exit without loading any model")
     speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
-    speak.add_argument("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
-    speak.add_argument("--model-dir", help="converted NLLB model folder (default: the cache folder)")
-    speak.add_argument("--backend", choices=("auto", "mlx", "cpu"), default="auto",
-                       help="auto = the CPU accelerator where MLX runs on a CPU that supports it, else the pure MLX "
-                            "models (a GPU); mlx = the pure models; cpu = the accelerator or an error saying why not "
-                            "(MLX_STREAM_TTS_BACKEND=mlx forces the pure models)")
-    speak.add_argument("--voice-precision", choices=("auto", "int8", "float32"), default="auto",
-                       help="the vocoder's convolutions with the CPU accelerator: auto = int8 where its kernel runs "
-                            "(AVX-512 VNNI)")
-    speak.add_argument("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
+    speak.add_argument("--dry-run", action="store_true", help="print the sentences that would be spoken, one per line, and exit without loading any model")
+    speak.add_argument("--server", action="store_true",
+                       help="send the input to the warm service (`mlx-stream-tts serve`) instead of loading the models; "
+                            "the model and output options are the service's then")
+    speak.add_argument("--interrupt", action="store_true", help="with --server: cut what the service is saying and go first")
+    _add_socket_option(speak)
+    _add_model_options(speak)
     speak.set_defaults(func=_speak)
+
+    serve = sub.add_parser(
+        "serve",
+        help="the warm service: load the models once and speak for `speak --server` and Claude Code hooks",
+        formatter_class=fmt,
+    )
+    _add_socket_option(serve)
+    serve.add_argument("--tcp", type=int, metavar="PORT",
+                       help="listen on 127.0.0.1:PORT instead of the Unix socket (no authentication: any local user "
+                            "can make it speak; clients use --socket tcp:PORT)")
+    serve.add_argument("--log", metavar="FILE", help="also append the service's log to FILE")
+    serve.add_argument("--no-hooks", action="store_true", help="refuse Claude Code hook requests")
+    _add_model_options(serve)
+    serve.set_defaults(func=_serve)
+
+    for name, func, help_text in (
+        ("status", _status, "say whether a service answers, what it has loaded and what it is saying (exit 0 if it answers)"),
+        ("stop", _stop, "stop the service"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, formatter_class=fmt)
+        _add_socket_option(cmd)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+        cmd.set_defaults(func=func)
+
+    hook = sub.add_parser(
+        "hook",
+        help="the Claude Code hook command: reads the hook's JSON on stdin and hands it to the service",
+        formatter_class=fmt,
+    )
+    _add_socket_option(hook)
+    hook.add_argument("--no-start", action="store_true", help="do not start a service when none runs")
+    hook.add_argument("--serve-args", metavar="ARGS",
+                      help="options for a service the hook starts, e.g. \"--voice jf_nezumi --speed 1.2\" "
+                           "(default: $MLX_STREAM_TTS_SERVE_ARGS)")
+    hook.set_defaults(func=_hook)
+
+    install = sub.add_parser(
+        "install-hook",
+        help="add the hooks to Claude Code's settings (~/.claude/settings.json, or the project's with --project)",
+        formatter_class=fmt,
+    )
+    install.add_argument("--project", action="store_true", help="this project's .claude/settings.json")
+    install.add_argument("--settings", metavar="FILE", help="another settings file")
+    install.add_argument("--uninstall", action="store_true", help="remove our hooks instead")
+    install.add_argument("--command", dest="command_line", default="mlx-stream-tts hook",
+                         help="the command Claude Code runs")
+    install.set_defaults(func=_install_hook)
 
     convert = sub.add_parser("convert", help="convert model weights to this package's MLX format", formatter_class=fmt)
     add_convert_commands(convert)
     return parser
+
+
+def _add_socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the service's socket (or tcp:PORT); default: $MLX_STREAM_TTS_SOCKET, else "
+                             "$XDG_RUNTIME_DIR/mlx_stream_tts/service.sock, else <cache>/run/service.sock")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What is loaded and where the speech goes: the same for `speak` and `serve`."""
+    add = parser.add_argument
+    add("--to", default="ja", help="target language (ja, jpn_Jpan, ...), or 'none' to speak the text as it is")
+    add("--from", dest="source", default="eng_Latn", help="source language of the text")
+    add("--lang", default="ja", help="language of the input text when --to none (for sentence splitting)")
+    add("--voice", default="jf_alpha", help="Kokoro voice name")
+    add("--speed", type=float, default=1.0, help="speech speed factor")
+    add("--out", metavar="FILE.wav", help="write the speech to a WAV file instead of playing it")
+    add("--pcm", action="store_true", help="write raw 16-bit 24 kHz mono PCM to stdout (| aplay -f S16_LE -r 24000)")
+    add("--no-play", action="store_true", help="synthesize but do not play (timing runs)")
+    add("--no-voice", action="store_true", help="no speech at all (with --text: subtitles only)")
+    add("--text", action="store_true", help="print each sentence as it is spoken, like subtitles")
+    add("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
+    add("--model-dir", help="converted NLLB model folder (default: the cache folder)")
+    add("--backend", choices=("auto", "mlx", "cpu"), default="auto",
+        help="auto = the CPU accelerator where MLX runs on a CPU that supports it, else the pure MLX "
+             "models (a GPU); mlx = the pure models; cpu = the accelerator or an error saying why not "
+             "(MLX_STREAM_TTS_BACKEND=mlx forces the pure models)")
+    add("--voice-precision", choices=("auto", "int8", "float32"), default="auto",
+        help="the vocoder's convolutions with the CPU accelerator: auto = int8 where its kernel runs (AVX-512 VNNI)")
+    add("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
+    add("--no-cache", action="store_true",
+        help="don't use the phrase cache (sentence -> translation -> audio, kept in <cache>/phrases.sqlite3; "
+             "also MLX_STREAM_TTS_NO_CACHE=1)")
 
 
 def add_convert_commands(parser: argparse.ArgumentParser) -> None:
@@ -292,7 +616,7 @@ def add_convert_commands(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "command", None) == "speak":
+    if getattr(args, "command", None) in ("speak", "serve"):
         if args.pcm and args.out:
             parser.error("--pcm and --out are exclusive")
         if args.speed <= 0:

@@ -1,0 +1,336 @@
+"""The warm service and its light client, with fake stages (no models): order, interruption,
+disconnects, bad clients, a second service, a stale socket, permissions, and the CLI's client side."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlx_stream_tts import client, protocol
+from mlx_stream_tts.pipeline import Pipeline
+from mlx_stream_tts.service import AlreadyRunning, Service
+
+from fakes import FakeTranslator, FakeVoice, RecordingSink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def short_dir():
+    # pytest's tmp_path can be longer than a Unix socket address allows (~104 bytes).
+    path = Path(tempfile.mkdtemp(prefix="svc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Stages:
+    """A loader for Service: a real Pipeline over fakes, and handles on them for the asserts."""
+
+    def __init__(self, voice_delay: float = 0.0, gate: threading.Event | None = None, fail: str | None = None):
+        self.sink = RecordingSink()
+        self.voice = FakeVoice(chunks=2, delay=voice_delay)
+        self.translator = FakeTranslator()
+        self.gate = gate
+        self.fail = fail
+        self.pipeline: Pipeline | None = None
+
+    def __call__(self, on_event):
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.pipeline = Pipeline(translator=self.translator, voice=self.voice, sink=self.sink, on_event=on_event,
+                                 priority_lead=None)
+        return self.pipeline, {"translator": "fake", "voice": "fake"}
+
+
+def start(path: Path, stages: Stages, **kwargs) -> tuple[Service, threading.Thread]:
+    svc = Service(path, stages, hooks=False, **kwargs)
+    svc.open()
+    loader = threading.Thread(target=svc.load, daemon=True)
+    loader.start()
+    return svc, loader
+
+
+def speak(path: Path, text: str, **kwargs) -> dict:
+    return client.speak(path, io.BytesIO(text.encode()), fmt="text", **kwargs)
+
+
+def sentences(ids: range) -> str:
+    return " ".join(f"Sentence {i} is here." for i in ids)
+
+
+def test_status_answers_while_loading_then_speaks(short_dir):
+    gate = threading.Event()
+    stages = Stages(gate=gate)
+    path = short_dir / "s.sock"
+    svc, loader = start(path, stages)
+    try:
+        info = client.request(path, "status")
+        assert info["state"] == "loading" and info["pid"] == os.getpid()
+        gate.set()
+        loader.join(10)
+        spoken: list[str] = []
+        answer = speak(path, sentences(range(1, 4)), on_spoken=spoken.append)
+        assert answer == {"done": True, "sentences": 3, "failed": 0, "interrupted": False}
+        assert stages.sink.ids() == [1, 2, 3]
+        assert spoken == ["SENTENCE 1 IS HERE.", "SENTENCE 2 IS HERE.", "SENTENCE 3 IS HERE."]
+        info = client.request(path, "status")
+        assert info["state"] == "ready" and info["served"] == 1 and info["loaded"]["voice"] == "fake"
+    finally:
+        svc.close()
+    assert not path.exists()
+
+
+def test_socket_is_private(short_dir):
+    path = short_dir / "run" / "s.sock"
+    svc, loader = start(path, Stages())
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        svc.close()
+
+
+def test_clients_are_served_in_order(short_dir):
+    stages = Stages(voice_delay=0.05)
+    path = short_dir / "s.sock"
+    svc, loader = start(path, stages)
+    loader.join(10)
+    answers: dict[str, dict] = {}
+    try:
+        first = threading.Thread(target=lambda: answers.__setitem__("a", speak(path, sentences(range(1, 5)))))
+        first.start()
+        deadline = time.monotonic() + 5
+        while not stages.sink.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answers["b"] = speak(path, sentences(range(10, 12)))
+        first.join(10)
+        assert answers["a"]["sentences"] == 4 and answers["b"]["sentences"] == 2
+        assert stages.sink.ids() == [1, 2, 3, 4, 10, 11]
+    finally:
+        svc.close()
+
+
+def test_interrupt_cuts_the_current_client_and_goes_first(short_dir):
+    stages = Stages(voice_delay=0.3)
+    path = short_dir / "s.sock"
+    svc, loader = start(path, stages)
+    loader.join(10)
+    answers: dict[str, dict] = {}
+    try:
+        first = threading.Thread(target=lambda: answers.__setitem__("a", speak(path, sentences(range(1, 20)))))
+        first.start()
+        deadline = time.monotonic() + 5
+        while not stages.sink.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answers["b"] = speak(path, "Sentence 100 now.", interrupt=True)
+        first.join(10)
+        assert answers["a"]["interrupted"] is True
+        assert answers["b"] == {"done": True, "sentences": 1, "failed": 0, "interrupted": False}
+        ids = stages.sink.ids()
+        assert ids[-1] == 100 and 19 not in ids
+    finally:
+        svc.close()
+
+
+def test_a_client_cut_off_mid_stream_loses_only_its_own_speech(short_dir):
+    stages = Stages(voice_delay=0.3)
+    path = short_dir / "s.sock"
+    svc, loader = start(path, stages)
+    loader.join(10)
+    try:
+        sock = protocol.connect(path)
+        protocol.send_json(sock, {"op": "speak", "format": "text"})
+        protocol.send_frame(sock, sentences(range(1, 20)).encode())
+        deadline = time.monotonic() + 5
+        while not stages.sink.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.close()  # killed: no end frame
+        answer = speak(path, "Sentence 50 after.")
+        assert answer["done"] and not answer["interrupted"]
+        ids = stages.sink.ids()
+        assert ids[-1] == 50 and 19 not in ids
+    finally:
+        svc.close()
+
+
+def test_a_client_leaving_while_its_speech_is_made_cancels_it(short_dir):
+    stages = Stages(voice_delay=0.3)
+    path = short_dir / "s.sock"
+    svc, loader = start(path, stages)
+    loader.join(10)
+    try:
+        sock = protocol.connect(path)
+        protocol.send_json(sock, {"op": "speak", "format": "text"})
+        protocol.send_frame(sock, sentences(range(1, 20)).encode())
+        protocol.send_end(sock)  # a complete request...
+        deadline = time.monotonic() + 5
+        while not stages.sink.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.close()  # ...but the client goes (Ctrl-C) before it was said
+        started = time.monotonic()
+        while client.request(path, "status")["speaking"] and time.monotonic() - started < 5:
+            time.sleep(0.02)
+        assert time.monotonic() - started < 2.0
+        assert 19 not in stages.sink.ids()
+    finally:
+        svc.close()
+
+
+def test_garbage_and_huge_requests_get_an_error_and_the_service_goes_on(short_dir):
+    path = short_dir / "s.sock"
+    svc, loader = start(path, Stages())
+    loader.join(10)
+    try:
+        for junk in (b"\x00\xff\xfe garbage\n", b"[1, 2]\n", b'{"op": "dance"}\n', b"x" * (protocol.MAX_REQUEST + 10)):
+            with protocol.connect(path) as sock:
+                try:
+                    sock.sendall(junk)
+                except BrokenPipeError:
+                    pass
+                answer = next(client.iter_responses(sock))
+            assert "error" in answer, junk[:20]
+        with protocol.connect(path) as sock:  # a frame bigger than allowed
+            protocol.send_json(sock, {"op": "speak", "format": "text"})
+            sock.sendall((protocol.MAX_FRAME + 1).to_bytes(4, "big"))
+            answers = list(client.iter_responses(sock))
+            assert "error" in answers[-1]
+        assert client.request(path, "status")["state"] == "ready"
+        assert speak(path, "Sentence 7 works.")["sentences"] == 1
+    finally:
+        svc.close()
+
+
+def test_a_second_service_is_refused_and_the_first_keeps_running(short_dir):
+    path = short_dir / "s.sock"
+    svc, loader = start(path, Stages())
+    loader.join(10)
+    try:
+        with pytest.raises(AlreadyRunning, match="already running"):
+            Service(path, Stages(), hooks=False).open()
+        assert client.request(path, "status")["state"] == "ready"
+    finally:
+        svc.close()
+
+
+def test_a_stale_socket_is_reclaimed(short_dir):
+    path = short_dir / "s.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # what a killed service leaves: the file, nobody listening
+    dead.close()
+    assert path.exists()
+    with pytest.raises(client.NoService):
+        client.request(path, "status")
+    svc, loader = start(path, Stages())
+    try:
+        assert client.request(path, "status")["ok"]
+    finally:
+        svc.close()
+
+
+def test_models_that_cannot_load_are_reported_to_clients(short_dir):
+    path = short_dir / "s.sock"
+    svc, loader = start(path, Stages(fail="no NLLB model in /nowhere"))
+    loader.join(10)
+    try:
+        info = client.request(path, "status")
+        assert info["state"] == "failed" and "no NLLB model" in info["error"]
+        answer = speak(path, "Hello there.")
+        assert "no NLLB model" in answer["error"]
+    finally:
+        svc.close()
+
+
+def test_stop_ends_serve(short_dir):
+    path = short_dir / "s.sock"
+    svc = Service(path, Stages(), hooks=False)
+    # serve() installs signal handlers, which only the main thread may do: a thread asks it to stop.
+    stopper = threading.Thread(target=lambda: (client.wait_until_up(path, 5), time.sleep(0.2),
+                                               client.request(path, "stop")))
+    stopper.start()
+    assert svc.serve() == 0
+    stopper.join(5)
+    assert not path.exists()
+    with pytest.raises(client.NoService):
+        client.request(path, "status")
+
+
+def test_address_resolution(monkeypatch, short_dir):
+    monkeypatch.delenv(protocol.SOCKET_ENV, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
+    assert client.resolve() == short_dir / "mlx_stream_tts" / "service.sock"
+    monkeypatch.setenv(protocol.SOCKET_ENV, str(short_dir / "env.sock"))
+    assert client.resolve() == short_dir / "env.sock"
+    assert client.resolve(str(short_dir / "opt.sock")) == short_dir / "opt.sock"
+    assert client.resolve("tcp:8123") == ("127.0.0.1", 8123)
+    with pytest.raises(ValueError, match="loopback"):
+        client.resolve("tcp:0.0.0.0:8123")
+    with pytest.raises(ValueError, match="too long"):
+        protocol.check_socket_path(Path("/tmp/" + "x" * 200))
+
+
+def test_loopback_tcp(short_dir):
+    svc, loader = start(("127.0.0.1", 0), Stages())
+    try:
+        port = svc._listener.getsockname()[1]
+        loader.join(10)
+        assert client.request(("127.0.0.1", port), "status")["address"].startswith("tcp:127.0.0.1")
+    finally:
+        svc.close()
+
+
+def _cli(*args: str, env: dict | None = None, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlx_stream_tts", *args], input=stdin, capture_output=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_cli_client_side_is_light_and_clear_without_a_service(short_dir):
+    env = {protocol.SOCKET_ENV: str(short_dir / "none.sock")}
+    for args in (("status",), ("stop",), ("speak", "--server")):
+        result = _cli(*args, env=env, stdin=b"Hello.")
+        assert result.returncode == 1, args
+        assert b"no service at" in result.stderr and b"Traceback" not in result.stderr
+    # The client side imports neither MLX nor NumPy (its start-up must stay in tens of ms).
+    code = ("import sys; from mlx_stream_tts import cli, client, protocol; "
+            "print(sorted(m for m in ('numpy', 'mlx', 'mlx.core') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_serve_speak_status_stop(short_dir):
+    """The real commands end to end, with no models (--to none --no-voice): the wiring, not the voice."""
+    sock = short_dir / "s.sock"
+    env = {**os.environ, protocol.SOCKET_ENV: str(sock)}
+    serve = subprocess.Popen([sys.executable, "-m", "mlx_stream_tts", "serve", "--to", "none", "--lang", "en",
+                              "--no-voice", "--no-hooks"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        assert client.wait_until_up(sock, 30)
+        second = _cli("serve", "--to", "none", "--no-voice", env=env)
+        assert second.returncode == 1 and b"already running" in second.stderr
+        result = _cli("speak", "--server", "--text", env=env, stdin=b"First one. Second one.\n\nThird")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().splitlines() == ["First one.", "Second one.", "Third"]
+        status = _cli("status", "--json", env=env)
+        assert status.returncode == 0 and json.loads(status.stdout)["served"] == 1
+        stopped = _cli("stop", env=env)
+        assert stopped.returncode == 0
+        assert serve.wait(10) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        serve.wait()
+    assert not sock.exists()
