@@ -484,7 +484,9 @@ def _convert(args: argparse.Namespace) -> int:
     return args.convert_run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(convert_commands: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``convert_commands=False`` leaves out the converters' options, whose modules
+    import NumPy: the service's clients (`status`, `speak --server`, `hook`) must start in tens of ms."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="mlx-stream-tts",
@@ -560,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(func=_install_hook)
 
     convert = sub.add_parser("convert", help="convert model weights to this package's MLX format", formatter_class=fmt)
-    add_convert_commands(convert)
+    if convert_commands:
+        add_convert_commands(convert)
     return parser
 
 
@@ -614,7 +617,8 @@ def add_convert_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(convert_commands="convert" in words)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) in ("speak", "serve"):
         if args.pcm and args.out:

@@ -304,10 +304,11 @@ def test_cli_client_side_is_light_and_clear_without_a_service(short_dir):
         assert result.returncode == 1, args
         assert b"no service at" in result.stderr and b"Traceback" not in result.stderr
     # The client side imports neither MLX nor NumPy (its start-up must stay in tens of ms).
-    code = ("import sys; from mlx_stream_tts import cli, client, protocol; "
+    code = ("import sys; from mlx_stream_tts import cli; cli.main(['status', '--socket', sys.argv[1]]) ; "
             "print(sorted(m for m in ('numpy', 'mlx', 'mlx.core') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", code, str(short_dir / "none.sock")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_cli_serve_speak_status_stop(short_dir):
