@@ -1,17 +1,18 @@
 """mlx_stream_tts: English text streams (e.g. Claude Code output) to spoken Japanese, on MLX.
 
-Importing the package first makes MLX's CPU backend use OpenBLAS on Linux (see ``cpu/blas.py``); that
-only works if nothing imported ``mlx.core`` earlier in the process. The public names load on first
+Importing the package first makes MLX's CPU backend use OpenBLAS on Linux (see ``cpu/blas.py``): the
+library is loaded just before ``mlx.core`` is first imported, which only works if nothing imported
+``mlx.core`` earlier in the process. The public names load on first
 use so that ``import mlx_stream_tts`` (and the CLI's ``--dry-run``) stays light.
 """
 
 import atexit
 from importlib import import_module
 
-from .cpu.blas import ensure_fast_blas
+from .cpu.blas import ensure_fast_blas, install_import_hook
 from .threads import release_thread_streams
 
-ensure_fast_blas()
+install_import_hook()
 atexit.register(release_thread_streams)  # the main thread's MLX streams, before shutdown
 
 __version__ = "0.1.0"

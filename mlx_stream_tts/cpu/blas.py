@@ -4,7 +4,9 @@ MLX's Linux wheel (mlx-cpu) bundles netlib's reference BLAS: single-threaded and
 slower than OpenBLAS on the matmuls and convolutions our models run. Loading an OpenBLAS that exports
 the standard names (``sgemm_``, ``cblas_sgemm``) into the global symbol scope *before* ``mlx.core`` is
 first imported makes the dynamic linker bind MLX's BLAS calls to it. This module must therefore run
-before anything imports ``mlx``; ``mlx_stream_tts/__init__.py`` calls :func:`ensure_fast_blas` first.
+before anything imports ``mlx``: ``mlx_stream_tts/__init__.py`` installs an import hook that calls
+:func:`ensure_fast_blas` just before ``mlx.core`` is first imported (so that processes that never use
+MLX, such as the service's clients, do not pay for loading OpenBLAS).
 
 One-row products (decoding steps) go through a small C shim, kernels/gemv_shim.c, compiled once into the
 cache when a C compiler exists (``MLX_STREAM_TTS_GEMV=0`` turns it off): it binds MLX's ``cblas_sgemm``
@@ -213,6 +215,37 @@ def set_gemv_kernel(which: str) -> str:
     if gemv_shim is None:
         return "none"
     return names[gemv_shim.mst_gemv_shim_set_kernel(names.index(which))]
+
+
+class _BeforeMlx:
+    """A meta path finder that runs :func:`ensure_fast_blas` just before ``mlx.core`` is first imported.
+
+    Loading OpenBLAS takes 0.1-0.3 s; the service's clients and the Claude Code hook import this
+    package but never MLX, and must start in tens of milliseconds. It finds nothing itself: the
+    normal import goes on once the library is in place.
+    """
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name == "mlx.core":
+            uninstall_import_hook()
+            ensure_fast_blas()
+        return None
+
+
+def install_import_hook() -> None:
+    """Make OpenBLAS load when (and only if) this process first imports ``mlx.core``."""
+    if "mlx.core" in sys.modules:
+        ensure_fast_blas()  # too late to bind it; says so once
+    elif _BeforeMlx not in sys.meta_path and not _done:
+        sys.meta_path.insert(0, _BeforeMlx)
+
+
+def uninstall_import_hook() -> None:
+    try:
+        sys.meta_path.remove(_BeforeMlx)
+    except ValueError:
+        pass
 
 
 def ensure_fast_blas() -> str | None:
