@@ -409,7 +409,11 @@ class HookSessions:
             sent = payload.get("sent_at")
             if not isinstance(sent, (int, float)) or isinstance(sent, bool):
                 sent = time.time()
-            session.events.put(("prompt", (generation, float(min(sent, time.time())))))
+            try:  # where the new turn starts: the thread may get to it after lines were added
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            session.events.put(("prompt", (generation, float(min(sent, time.time())), size)))
         else:
             session.events.put(("stop", (event, payload, new)))
         self._ensure_thread(session)
@@ -466,8 +470,8 @@ class HookSessions:
                 return
             kind, arg = item
             if kind == "prompt":
-                generation, submitted = arg
-                follower.skip_to_end(not_before=submitted)
+                generation, submitted, size = arg
+                follower.skip_to_end(not_before=submitted, size=size)
                 session.started = following = True
                 idle_since = time.monotonic()
             elif kind == "stop":

@@ -141,7 +141,7 @@ class TranscriptFollower:
         """Bytes of the file already handled (the next read starts here)."""
         return self._offset
 
-    def skip_to_end(self, not_before: float | None = None) -> None:
+    def skip_to_end(self, not_before: float | None = None, size: int | None = None) -> None:
         """Mark everything in the file now (and any line older than ``not_before``) as handled.
 
         Used on a new prompt: earlier turns are not spoken. The transcript is written
@@ -150,6 +150,8 @@ class TranscriptFollower:
 
         Args:
             not_before: assistant records timestamped before this are never spoken.
+            size: the file's size when the prompt came (default: its size now); what was appended
+                since is read.
         """
         self._new_turn()
         self._not_before = not_before
@@ -159,7 +161,8 @@ class TranscriptFollower:
             self._offset = 0
             return
         self._identity = (stat.st_dev, stat.st_ino)
-        self._offset = self._line_start_at_or_before(stat.st_size)
+        end = stat.st_size if size is None else max(0, min(size, stat.st_size))
+        self._offset = self._line_start_at_or_before(end)
 
     def seek_turn_start(self) -> None:
         """Position after the last prompt a person typed, so the current turn is read in full.
@@ -437,13 +440,13 @@ class TranscriptFollower:
     def covers(self, text: str) -> bool:
         """Tell whether ``text`` (a Stop payload's ``last_assistant_message``) was spoken this turn.
 
-        True when it ends the texts spoken this turn (one block, or the last blocks joined).
+        True when its words were spoken this turn, whole words in a row: usually the last block,
+        or the last blocks of the message joined.
         """
         wanted = _norm(text)
         if not wanted:
             return True
-        joined = " ".join(self._turn_texts)
-        if joined == wanted or joined.endswith(" " + wanted):
+        if f" {wanted} " in f" {' '.join(self._turn_texts)} ":
             return True
         return any(wanted in spoken for spoken in self._fallback)
 
