@@ -38,7 +38,13 @@ except ImportError:  # pragma: no cover - orjson is a dependency; json is only a
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StreamJsonReader", "looks_like_stream_json", "parse_stream_json"]
+__all__ = [
+    "StreamJsonReader",
+    "error_cue",
+    "looks_like_stream_json",
+    "parse_stream_json",
+    "text_blocks",
+]
 
 PARAGRAPH = "\n\n"
 
@@ -213,6 +219,20 @@ def _error_phrase(code: Any = None, status: Any = None, message: Any = None) -> 
 
 def _error_cue(phrase: str) -> str:
     return f"{_CUE_PREFIX}{phrase.rstrip('.')}."
+
+
+def error_cue(code: Any = None, status: Any = None, message: Any = None) -> str:
+    """The short spoken cue for a Claude Code error, worded as the stream-json reader words it.
+
+    Args:
+        code: the CLI's error code (``"rate_limit"``, ``"authentication_failed"``, ...), if any.
+        status: the HTTP status of the API error, if any.
+        message: the error text shown to the user, if any.
+
+    Returns:
+        A sentence such as ``"Claude Code error: rate limit reached."``.
+    """
+    return _error_cue(_error_phrase(code, status, message))
 
 
 def _tool_summary(name: Any, tool_input: Any) -> str:
@@ -710,19 +730,35 @@ class StreamJsonReader:
     }
 
 
+def text_blocks(content: Any) -> list[str]:
+    """The texts of a message's ``text`` blocks, in order (a string content is one block).
+
+    Thinking, tool_use, tool_result and malformed blocks are left out; each text returned is one
+    paragraph to speak (the readers end each with a paragraph break).
+
+    Args:
+        content: an Anthropic message's ``content`` (a string or a list of blocks).
+
+    Returns:
+        The block texts, possibly empty.
+    """
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [
+        item["text"]
+        for item in content
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
+    ]
+
+
 def _content_text(content: Any) -> str | None:
     """The text of a message's content (string or blocks), for error messages."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [
-            item["text"]
-            for item in content
-            if isinstance(item, dict)
-            and item.get("type") == "text"
-            and isinstance(item.get("text"), str)
-        ]
-        return "\n".join(parts) or None
+        return "\n".join(text_blocks(content)) or None
     return None
 
 
