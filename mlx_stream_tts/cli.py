@@ -450,6 +450,7 @@ def _hook(args: argparse.Namespace) -> int:
     payload = hooks.read_payload(data)
     if payload is None:
         return 0
+    payload = hooks.slim_payload(payload)  # what the service uses; the prompt's text stays here
     try:
         address = client.resolve(args.socket)
         import shlex
@@ -467,7 +468,7 @@ def _install_hook(args: argparse.Namespace) -> int:
     from . import hooks
 
     path = Path(args.settings) if args.settings else hooks.settings_path(project=args.project)
-    command = args.command_line
+    command = args.command_line or _hook_command()
     try:
         if args.uninstall:
             changed = hooks.uninstall(path, command)
@@ -478,6 +479,16 @@ def _install_hook(args: argparse.Namespace) -> int:
     verb = "removed from" if args.uninstall else "added to"
     print(f"mlx-stream-tts: hooks {verb} {path}" if changed else f"mlx-stream-tts: {path} already up to date")
     return 0
+
+
+def _hook_command() -> str:
+    import shlex
+    import shutil
+
+    script = shutil.which("mlx-stream-tts")
+    if script:
+        return f"{shlex.quote(str(Path(script).resolve()))} hook"
+    return f"{shlex.quote(sys.executable)} -m mlx_stream_tts hook"
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -557,8 +568,9 @@ def build_parser(convert_commands: bool = True) -> argparse.ArgumentParser:
     install.add_argument("--project", action="store_true", help="this project's .claude/settings.json")
     install.add_argument("--settings", metavar="FILE", help="another settings file")
     install.add_argument("--uninstall", action="store_true", help="remove our hooks instead")
-    install.add_argument("--command", dest="command_line", default="mlx-stream-tts hook",
-                         help="the command Claude Code runs")
+    install.add_argument("--command", dest="command_line",
+                         help="the command Claude Code runs (default: this installation's mlx-stream-tts, by its "
+                              "full path, since Claude Code may run without this environment on its PATH)")
     install.set_defaults(func=_install_hook)
 
     convert = sub.add_parser("convert", help="convert model weights to this package's MLX format", formatter_class=fmt)

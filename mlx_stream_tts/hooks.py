@@ -203,11 +203,22 @@ def _write_settings(path: Path, settings: dict[str, Any]) -> None:
         raise
 
 
+def _looks_like_our_hook(command: Any) -> bool:
+    """``mlx-stream-tts hook`` by any path (``/venv/bin/mlx-stream-tts hook``, ``python -m mlx_stream_tts hook``)."""
+    if not isinstance(command, str):
+        return False
+    words = command.split()
+    return len(words) >= 2 and words[-1] == "hook" and (
+        os.path.basename(words[-2].strip("'\"")) == "mlx-stream-tts" or words[-2] == "mlx_stream_tts")
+
+
 def _is_ours(handler: Any, command: str) -> bool:
+    # Ours by any path: installing again from another environment replaces the old path, not adds one.
     return (
         isinstance(handler, dict)
         and handler.get("type", "command") == "command"
-        and handler.get("command") == command
+        and (handler.get("command") == command
+             or (_looks_like_our_hook(command) and _looks_like_our_hook(handler.get("command"))))
     )
 
 
@@ -235,12 +246,16 @@ def install(settings_path: Path, command: str = DEFAULT_COMMAND) -> bool:
     changed = False
     for event in HOOK_EVENTS:
         groups = hooks.setdefault(event, [])
-        present = any(
-            isinstance(group, dict)
-            and isinstance(group.get("hooks"), list)
-            and any(_is_ours(h, command) for h in group["hooks"])
-            for group in groups
-        )
+        present = False
+        for group in groups:
+            if not (isinstance(group, dict) and isinstance(group.get("hooks"), list)):
+                continue
+            for handler in group["hooks"]:
+                if _is_ours(handler, command):
+                    present = True
+                    if handler.get("command") != command:  # installed before from another path
+                        handler["command"] = command
+                        changed = True
         if not present:
             groups.append(
                 {"hooks": [{"type": "command", "command": command, "timeout": HOOK_TIMEOUT}]}

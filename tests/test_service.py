@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,119 @@ def test_cli_serve_speak_status_stop(short_dir):
             serve.kill()
         serve.wait()
     assert not sock.exists()
+
+
+# -- Claude Code hooks through the service -----------------------------------------------------------
+
+def _record(uuid: str, text: str, kind: str = "assistant", session: str = "sess-1") -> str:
+    """One transcript line in Claude Code's format (see tests/fixtures/claude-hooks/SOURCES.md)."""
+    base = {"parentUuid": None, "isSidechain": False, "userType": "external", "cwd": "/tmp", "sessionId": session,
+            "version": "2.1.230", "type": kind, "uuid": uuid,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    if kind == "assistant":
+        base["message"] = {"id": f"msg_{uuid}", "type": "message", "role": "assistant", "model": "claude",
+                           "content": [{"type": "text", "text": text}], "stop_reason": None}
+    else:
+        base["message"] = {"role": "user", "content": text}
+    return json.dumps(base) + "\n"
+
+
+def _payload(event: str, transcript: Path, session: str = "sess-1", **extra) -> dict:
+    return {"session_id": session, "transcript_path": str(transcript), "cwd": "/tmp", "permission_mode": "default",
+            "hook_event_name": event, "sent_at": time.time(), **extra}
+
+
+def _wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_hooks_speak_the_turn_as_the_transcript_grows_and_a_new_prompt_stops_it(short_dir):
+    stages = Stages(voice_delay=0.3)
+    path = short_dir / "s.sock"
+    transcript = short_dir / "t.jsonl"
+    transcript.write_text(_record("u0", "Old prompt", "user") + _record("a0", "Sentence 1 is old."))
+    svc = Service(path, stages, hooks=True)
+    svc.open()
+    svc.load()
+    try:
+        assert client.deliver_hook(path, _payload("UserPromptSubmit", transcript, prompt="go")) == "delivered"
+        with transcript.open("a") as f:
+            f.write(_record("u1", "go", "user"))
+            f.write(_record("a1", "Sentence 2 starts now."))
+        # Spoken while the turn goes on (before any Stop), and the old turn is not spoken.
+        assert _wait_for(lambda: 2 in stages.sink.ids())
+        assert 1 not in stages.sink.ids()
+        with transcript.open("a") as f:
+            f.write(_record("a2", sentences(range(3, 20))))
+        assert _wait_for(lambda: 3 in stages.sink.ids())
+        # A new prompt cuts the rest of that turn.
+        client.deliver_hook(path, _payload("UserPromptSubmit", transcript, prompt="stop"))
+        with transcript.open("a") as f:
+            f.write(_record("u2", "stop", "user"))
+            f.write(_record("a3", "Sentence 40 is new."))
+        client.deliver_hook(path, _payload("Stop", transcript, stop_hook_active=False,
+                                           last_assistant_message="Sentence 40 is new."))
+        assert _wait_for(lambda: 40 in stages.sink.ids())
+        ids = stages.sink.ids()
+        assert 19 not in ids and ids.count(40) == 1 and ids.count(2) == 1
+    finally:
+        svc.close()
+
+
+def test_a_stop_hook_spooled_before_the_service_started_is_spoken(short_dir):
+    stages = Stages()
+    path = short_dir / "s.sock"
+    transcript = short_dir / "t.jsonl"
+    transcript.write_text(_record("u0", "Earlier", "user") + _record("a0", "Sentence 1 is earlier.")
+                          + _record("u1", "now", "user") + _record("a1", "Sentence 2 is the answer."))
+    what = client.deliver_hook(path, _payload("Stop", transcript, stop_hook_active=False,
+                                              last_assistant_message="Sentence 2 is the answer."), start=False)
+    assert what.startswith("spooled")
+    svc = Service(path, stages, hooks=True)
+    svc.open()
+    svc.load()
+    try:
+        assert _wait_for(lambda: 2 in stages.sink.ids())
+        assert stages.sink.ids() == [2]  # that turn only, once
+        assert not list(protocol.spool_dir(path).glob("*.json"))
+    finally:
+        svc.close()
+
+
+def test_cli_hook_never_disturbs_claude(short_dir):
+    env = {protocol.SOCKET_ENV: str(short_dir / "none.sock")}
+    for stdin in (b"", b"not json", b"\x00\xff" * 100, json.dumps({"hook_event_name": "Stop"}).encode()):
+        result = _cli("hook", "--no-start", env=env, stdin=stdin)
+        assert result.returncode == 0 and result.stdout == b"" and b"Traceback" not in result.stderr
+    # A valid payload with no service and --no-start: spooled for a later service, still exit 0 and quiet.
+    payload = _payload("Stop", short_dir / "missing.jsonl", session="s2")
+    result = _cli("hook", "--no-start", env=env, stdin=json.dumps(payload).encode())
+    assert result.returncode == 0 and result.stdout == b""
+    assert len(list(protocol.spool_dir(short_dir / "none.sock").glob("*.json"))) == 1
+
+
+def test_cli_install_hook_uses_this_installation_and_is_idempotent(short_dir):
+    settings = short_dir / "settings.json"
+    settings.write_text(json.dumps({"model": "opus", "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say done"}]}]}}))
+    first = _cli("install-hook", "--settings", str(settings))
+    assert first.returncode == 0 and b"added" in first.stdout
+    again = _cli("install-hook", "--settings", str(settings))
+    assert again.returncode == 0 and b"up to date" in again.stdout
+    data = json.loads(settings.read_text())
+    assert data["model"] == "opus"
+    commands = [h["command"] for group in data["hooks"]["Stop"] for h in group["hooks"]]
+    assert "say done" in commands and sum(c.endswith(" hook") for c in commands) == 1
+    ours = next(c for c in commands if c.endswith(" hook"))
+    assert Path(ours.split()[0]).is_absolute()
+    removed = _cli("install-hook", "--settings", str(settings), "--uninstall")
+    assert removed.returncode == 0
+    data = json.loads(settings.read_text())
+    assert [h["command"] for group in data["hooks"]["Stop"] for h in group["hooks"]] == ["say done"]
+    settings.write_text("{ not json")
+    broken = _cli("install-hook", "--settings", str(settings))
+    assert broken.returncode == 1 and b"Traceback" not in broken.stderr and settings.read_text() == "{ not json"
