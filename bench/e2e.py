@@ -27,8 +27,11 @@ blocks while more than a sound card's buffer is queued, as ``SoundDeviceSink`` d
 Per run: time to first audio and to the first audible sample (from the first text piece), per-sentence
 latency (sentence end -> its first sample), the delay over an instant engine (each sentence's audio
 start minus the start an engine with zero compute would give it with the same audio lengths), silence
-while the next sentence's text was already complete, real-time factor, CPU seconds and peak RSS. The
-whole timeline of every sentence on both sides goes to ``--json`` (default bench/e2e.json).
+while the next sentence's text was already complete, gaps inside a sentence (the voice behind playback),
+real-time factor (wall seconds inside translation calls and inside the voice, over the audio's seconds;
+on a small CPU the two stages of ours share the cores, so this counts contention too), CPU seconds of
+the process during the replay and its peak RSS. The whole timeline of every sentence on both sides goes
+to ``--json`` (default bench/e2e.json).
 
 Scenarios are functions in ``SCENARIOS`` (side, options -> result dict), so that other comparisons
 (a warm service against a cold process, a phrase-cache hit) are one function each.
@@ -635,7 +638,8 @@ class FixedCountTranslator:
             for _ in range(8):  # the random model rarely picks </s>; top up what it cut short
                 if got[i] >= limit:
                     break
-                got[i] += len(self.translator.generate([source], tgt, max_new_tokens=[limit - got[i]], guard=False)[0]) or 1
+                more = self.translator.generate([source], tgt, max_new_tokens=[limit - got[i]], guard=False)[0]
+                got[i] += len(more) or 1
         self.last_tokens = got
         return [stand_in_japanese(text) for text in texts]
 
@@ -678,7 +682,8 @@ def load_ours(backend: str, nllb: Path | None) -> tuple[object, object, str]:
     voice = Voice.load(backend=backend)
     kind = "pure mlx" if translator.accelerator is None else "cpu accelerator"
     return (FixedCountTranslator(translator), voice,
-            f"Pipeline; NLLB {path.name} ({kind}); Kokoro {voice.engine.backend}-{voice.engine.precision}, {voice.mode}")
+            f"Pipeline; NLLB {path.name} ({kind}); "
+            f"Kokoro {voice.engine.backend}-{voice.engine.precision}, {voice.mode}")
 
 
 def load_peer() -> tuple[Callable[[str], str], Callable[[str], np.ndarray], str]:
@@ -949,7 +954,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, most in TARGETS:
                 a, b = pooled["ours"].get(key), pooled["peer"].get(key)
                 if a is not None and b:
-                    print(f"target {key}: ours/peer {a / b:.2f} (at most {most}): {'met' if a / b <= most else 'NOT met'}")
+                    verdict = "met" if a / b <= most else "NOT met"
+                    print(f"target {key}: ours/peer {a / b:.2f} (at most {most}): {verdict}")
     return 0
 
 

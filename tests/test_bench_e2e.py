@@ -216,7 +216,8 @@ def test_pipeline_option_parsing():
     assert e2e._option("code=skip") == ("code", "skip")
     with pytest.raises(Exception, match="KEY=VALUE"):
         e2e._option("oops")
-    assert math.isclose(e2e.parse_args(["--quick", "--pipeline-option", "priority_lead=1"]).pipeline_options["priority_lead"], 1)
+    args = e2e.parse_args(["--quick", "--pipeline-option", "priority_lead=1"])
+    assert args.pipeline_options == {"priority_lead": 1} and args.captures == [e2e.QUICK_CAPTURE]
 
 
 def test_different_work_names_what_differs():
@@ -232,8 +233,9 @@ def test_plot_draws_both_sides_of_a_run(tmp_path):
     import e2e_plot
 
     voice = FakeVoice(0.0)
-    sides = {"ours": e2e.replay_ours(SCHEDULE, SlowTranslator(0.0), voice, e2e.DeviceClockSink(buffer_s=math.inf)),
-             "peer": e2e.replay_peer(SCHEDULE, SlowTranslator(0.0), voice.whole, e2e.DeviceClockSink(buffer_s=math.inf))}
+    fast = SlowTranslator(0.0)
+    sides = {"ours": e2e.replay_ours(SCHEDULE, fast, voice, e2e.DeviceClockSink(buffer_s=math.inf)),
+             "peer": e2e.replay_peer(SCHEDULE, fast, voice.whole, e2e.DeviceClockSink(buffer_s=math.inf))}
     run = {"tokens_per_s": 200, "chars_per_token": 4,
            "scenarios": {"stream": {side: {"engine": "fake", "captures": [dict(r, capture="x.jsonl")]}
                                     for side, r in sides.items()}}}
