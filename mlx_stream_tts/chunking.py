@@ -969,7 +969,7 @@ class SentenceChunker:
 _CLAUSE_WORDS = ("and", "but", "or", "so", "because", "which", "who", "whose", "when", "where", "while",
                  "if", "unless", "although", "though", "since", "until", "whereas", "then")
 # A comma (or semicolon) followed by a space and more text; or the space before a clause word.
-_EN_CLAUSE = re.compile(r"[,;](?=\s+\S)|\s(?=(?:" + "|".join(_CLAUSE_WORDS) + r")\s)", re.IGNORECASE)
+_EN_CLAUSE = re.compile(r"[,;](?=\s+\S)|(?P<before>\s)(?=(?:" + "|".join(_CLAUSE_WORDS) + r")\s)", re.IGNORECASE)
 _JA_CLAUSE = re.compile(r"[、，,](?=\s*\S)")
 _PAIRS = ("()", "[]", "{}", "“”", "「」", "『』", "（）", "【】")
 
@@ -993,7 +993,7 @@ def clause_head(text: str, lang: str = "en", min_words: int = 8) -> int | None:
     """
     ja = _norm_lang(lang) == "ja"
     for m in (_JA_CLAUSE if ja else _EN_CLAUSE).finditer(text):
-        cut = m.end() if m.group() else m.start()
+        cut = m.start() if m.groupdict().get("before") else m.end()
         head = text[:cut]
         if ja:
             enough = sum(not c.isspace() for c in head) >= 2 * min_words

@@ -601,6 +601,8 @@ class Pipeline:
         if not text.strip():
             self._emit(item.seq, "skipped", item.source, error="nothing to say")
             return None
+        if item.part == "head":
+            text = _as_clause(text, self.lang)  # cleanup drops a trailing comma: the clause goes on
         return text, self.translator is not None and not code
 
     def _translate_batch(self, batch: list[_Sentence]) -> None:
@@ -631,6 +633,9 @@ class Pipeline:
                 if not text.strip():
                     self._emit(item.seq, "skipped", item.source, error="empty translation")
                     continue
+            if item.part == "head":
+                # Said as a clause that goes on (rising, not falling as at a sentence end).
+                text = _as_clause(text, self._cue_lang)
             self._emit(item.seq, "translated", text, spoken=text)
             self._voice_q.put(_Spoken(item.gen, item.seq, item.source, text, item.part))
 
@@ -805,6 +810,15 @@ def _check_chunk(chunk: object) -> np.ndarray:
         logger.warning("voice produced non-finite samples; they are silenced")
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
     return audio
+
+
+_ENDS = ".。!！?？,、，;；:：…"
+
+
+def _as_clause(text: str, lang: str) -> str:
+    """``text`` ending in a clause comma of ``lang`` (Japanese 、, else ",") instead of a sentence end."""
+    comma = "、" if lang.lower().startswith(("ja", "jpn")) else ","
+    return text.rstrip().rstrip(_ENDS).rstrip() + comma
 
 
 def _short(text: str, n: int = 60) -> str:
