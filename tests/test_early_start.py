@@ -303,3 +303,14 @@ def test_real_voice_first_sentence_cold_and_warm(tmp_path_factory):
             latency[case] = p.timings()[0].first_audio_latency
     print(f"\nfirst sentence, chunked -> first audio: cold {latency['cold']:.3f} s, warm {latency['warm']:.3f} s")
     assert latency["warm"] < latency["cold"] * 1.5 + 0.05
+
+
+@pytest.mark.slow
+def test_translator_warm_once(tmp_path_factory):
+    from mlx_stream_tts.translate import Translator
+
+    from nllb_fixtures import get_converted
+
+    translator = Translator.load(get_converted(tmp_path_factory, "d20gelu"))
+    assert translator.warm("eng_Latn", "jpn_Jpan") > 0.0
+    assert translator.warm("eng_Latn", "jpn_Jpan") == 0.0  # already warm: nothing done
