@@ -192,6 +192,27 @@ class SentenceChunker:
         """The text held back, waiting for its sentence end."""
         return "".join(self._held) + self._buf[self._seg :]
 
+    def split_head(self, min_words: int = 8) -> str | None:
+        """Ends the sentence still arriving at its first clause boundary (see :func:`clause_head`).
+
+        For an early start: when nothing is being spoken, the first clause of a long sentence can
+        go ahead while the rest is still being written. Only the part already known not to end the
+        sentence is looked at, and only in running text (no code block, table, heading, open
+        quote, bracket or inline code span). The rest stays pending and comes out as the next chunk.
+
+        Returns:
+            The head (cleaned like any chunk), or None when there is no such boundary yet.
+        """
+        if self._mode != _TEXT or self._held or self._classify or self._line_kind not in ("text", "list", "quote"):
+            return None
+        seg = self._seg
+        k = clause_head(self._buf[seg : self._i], self.lang, min_words)
+        if k is None or any(a < seg + k < b for a, b in self._protect):
+            return None
+        out: list[str] = []
+        self._break_at(seg + k, out)
+        return out[0] if out else None
+
     # -- state ------------------------------------------------------------------------------
 
     def _reset(self) -> None:
@@ -940,6 +961,54 @@ class SentenceChunker:
             if best is not None:
                 return best
         return None
+
+
+# -- clause boundaries (early start) ----------------------------------------------------------------
+
+#: Words that open a new clause: an early start may cut just before them.
+_CLAUSE_WORDS = ("and", "but", "or", "so", "because", "which", "who", "whose", "when", "where", "while",
+                 "if", "unless", "although", "though", "since", "until", "whereas", "then")
+# A comma (or semicolon) followed by a space and more text; or the space before a clause word.
+_EN_CLAUSE = re.compile(r"[,;](?=\s+\S)|(?P<before>\s)(?=(?:" + "|".join(_CLAUSE_WORDS) + r")\s)", re.IGNORECASE)
+_JA_CLAUSE = re.compile(r"[、，,](?=\s*\S)")
+_PAIRS = ("()", "[]", "{}", "“”", "「」", "『』", "（）", "【】")
+
+
+def clause_head(text: str, lang: str = "en", min_words: int = 8) -> int | None:
+    """Where the start of a sentence may be cut off to be spoken early: the end of its first clause.
+
+    English: after a comma or semicolon, or before a clause word (and, but, because, which, when,
+    if, ...; see ``_CLAUSE_WORDS``), once the head has ``min_words`` words and something follows.
+    Japanese (``lang="ja"``): after 、 once the head has ``2 * min_words`` characters. Never inside
+    an inline code span (an odd number of backticks before the cut), an open bracket or quote, or
+    a number such as ``1,000`` (a comma must be followed by a space).
+
+    Args:
+        text: the beginning of a sentence (no sentence end in it).
+        lang: ``"en"`` or ``"ja"``.
+        min_words: words the head needs (characters / 2 in Japanese).
+
+    Returns:
+        The cut: the head is ``text[:cut]``, the rest ``text[cut:]``; None when there is none.
+    """
+    ja = _norm_lang(lang) == "ja"
+    for m in (_JA_CLAUSE if ja else _EN_CLAUSE).finditer(text):
+        cut = m.start() if m.groupdict().get("before") else m.end()
+        head = text[:cut]
+        if ja:
+            enough = sum(not c.isspace() for c in head) >= 2 * min_words
+        else:
+            enough = sum(1 for w in head.split() if _HAS_WORD.search(w)) >= min_words
+        if enough and _balanced(head):
+            return cut
+    return None
+
+
+def _balanced(head: str) -> bool:
+    """No inline code span, bracket or double quote left open in ``head``."""
+    if head.count("`") % 2 or head.count('"') % 2:
+        return False
+    return all(head.count(a) == head.count(b) for a, b in _PAIRS)
 
 
 def chunk_sentences(pieces: Iterable[str], lang: str = "en") -> Iterator[str]:

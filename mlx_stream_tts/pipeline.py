@@ -12,6 +12,16 @@ for it to reach the end; ``close()`` sends the end-of-stream sentinel the same w
 
 The translator and the voice are called only from their own worker thread: MLX arrays are bound to
 the thread that built them, so those stages hand over Python strings and numpy arrays only.
+
+Pacing for the listener: the voice trims its own silence, and the voice worker puts ``sentence_gap``
+seconds of silence before a sentence whose audio is ready while the previous one still plays (when
+playback has run dry, that silence has already been heard: only the rest of the gap is added).
+With ``early_start``, a long sentence that arrives while nothing is queued or playing is not waited
+for: its first clause (``chunking.clause_head``) goes ahead as a *head* part, and the rest follows as
+its *tail* part, joined with the shorter ``clause_gap``. Each part is an item of its own (its own
+sequence number, events and timing, ``part="head"`` / ``"tail"``); a whole sentence has ``part=None``.
+While speech is queued or playing, sentences wait for their end as before (a whole sentence
+translates better).
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 #: Event stages, in the order a sentence goes through them.
 STAGES = ("fed", "chunked", "translated", "first_audio", "done", "skipped", "error")
+#: What a sentence started early is cut into (``Event.part``, ``SentenceTiming.part``): one or more
+#: heads (each the first clause of what remained), then the tail. A whole sentence has ``part=None``.
+PARTS = ("head", "tail")
+_TERMINAL = ("done", "skipped", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,8 @@ class Event:
             is spoken (translated, or the code cue) for ``translated``, ``first_audio`` and ``done``.
         error: for ``error``: the failing stage and the exception (``"translate: ValueError(...)"``);
             for ``skipped``: why.
+        part: ``None`` for a whole sentence; ``"head"`` or ``"tail"`` for the parts of a sentence
+            started early (see ``PARTS``): a tail's head is the item just before it (``seq - 1``).
     """
 
     seq: int
@@ -57,11 +73,17 @@ class Event:
     t: float
     text: str
     error: str | None = None
+    part: str | None = None
 
 
 @dataclass(slots=True)
 class SentenceTiming:
-    """What happened to one sentence and when (``time.perf_counter()`` seconds; None = not reached)."""
+    """What happened to one sentence and when (``time.perf_counter()`` seconds; None = not reached).
+
+    ``audio_seconds`` is what was handed to the sink for it, the pause before it included; ``pause`` is
+    the silence the pipeline put before it (``sentence_gap`` or ``clause_gap``); ``part`` is None for a
+    whole sentence and ``"head"`` / ``"tail"`` for the parts of one started early (as ``Event.part``).
+    """
 
     seq: int
     source: str
@@ -74,6 +96,8 @@ class SentenceTiming:
     skipped: str | None = None
     error: str | None = None
     audio_seconds: float = 0.0
+    part: str | None = None
+    pause: float = 0.0
 
     @staticmethod
     def _diff(end: float | None, start: float | None) -> float | None:
@@ -117,6 +141,7 @@ class _Sentence:
     gen: int
     seq: int
     source: str
+    part: str | None = None
 
 
 @dataclass(slots=True)
@@ -125,6 +150,7 @@ class _Spoken:
     seq: int
     source: str
     text: str
+    part: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,11 +161,13 @@ class _Audio:
     text: str
     audio: np.ndarray | None  # None marks the end of the sentence
     failed: bool = False
+    pause: bool = False  # silence the pipeline put before the sentence (not its first audio)
 
 
 @dataclass(slots=True)
 class _Barrier:
     reached: threading.Event
+    warm: dict[str, float] | None = None  # Pipeline.warm(): each stage warms itself on the way
 
 
 class _Stop:
@@ -173,6 +201,14 @@ class Pipeline:
             playback (so the listener hears no gap). On a small CPU the two stages otherwise share
             the cores and the next sentence's translation, the wait a listener hears, takes ~2x as
             long. ``None``: never pause.
+        sentence_gap: seconds of silence between two sentences spoken back to back (the voice trims
+            its own). Put in only when the next sentence is ready while the previous one still plays;
+            when playback ran dry, only what is left of the gap.
+        clause_gap: the same between the parts of a sentence started early (a clause pause).
+        early_start: when nothing is queued or playing, speak the first clause of a long sentence
+            before its end has arrived (see the module docstring). Only with a voice.
+        min_early_words: words the first clause needs before it may go ahead early (Japanese
+            input, ``lang="ja"``: twice as many characters).
 
     Use as a context manager to ``close()`` on exit (``cancel()`` first if an exception, such as
     KeyboardInterrupt, is leaving the block).
@@ -194,6 +230,10 @@ class Pipeline:
         history: int = 1000,
         max_batch: int = 8,
         priority_lead: float | None = 0.5,
+        sentence_gap: float = 0.2,
+        clause_gap: float = 0.1,
+        early_start: bool = True,
+        min_early_words: int = 8,
     ) -> None:
         if code not in ("cue", "skip", "read"):
             raise ValueError(f"code must be 'cue', 'skip' or 'read', got {code!r}")
@@ -214,6 +254,13 @@ class Pipeline:
         if priority_lead is not None and priority_lead < 0:
             raise ValueError(f"priority_lead must be >= 0 or None, got {priority_lead}")
         self.priority_lead = priority_lead
+        for name, value in (("sentence_gap", sentence_gap), ("clause_gap", clause_gap)):
+            if not 0 <= value <= 10:
+                raise ValueError(f"{name} must be within 0 and 10 seconds, got {value}")
+        if min_early_words < 1:
+            raise ValueError(f"min_early_words must be >= 1, got {min_early_words}")
+        self.sentence_gap, self.clause_gap = float(sentence_gap), float(clause_gap)
+        self.early_start, self.min_early_words = bool(early_start), int(min_early_words)
         # The code cue is said in the language that is spoken (code_cue() takes "ja" or "jpn_Jpan").
         self._cue_lang = voice.lang if voice is not None else tgt_lang if translator is not None else lang
         self._sample_rate = int(getattr(voice, "sample_rate", SAMPLE_RATE))
@@ -227,6 +274,10 @@ class Pipeline:
         self._chunker_gen = 0
         self._next_seq = 0
         self._pending_since: float | None = None  # when the chunker's held text began arriving
+        self._tail_next = False  # the chunker's next chunk is the tail of a sentence started early
+        self._open: dict[int, int] = {}  # seq -> gen of each item queued and not yet done/skipped/failed
+        self._parts: dict[int, str] = {}  # seq -> part, while open
+        self._last_voiced: tuple[int, int, str | None] = (-1, -1, None)  # (gen, seq, part), voice thread
 
         self._gen = 0  # bumped by cancel(); read without a lock (an int read is atomic)
         self._sink_lock = threading.Lock()  # the sink worker's check-then-write vs. cancel()
@@ -278,6 +329,10 @@ class Pipeline:
             sentences = self._chunker.feed(text)
             if sentences:
                 self._queue_sentences(sentences, gen, now)
+            head = self._chunker.split_head(self.min_early_words) if self._may_start_early() else None
+            if head:
+                self._queue_sentences([head], gen, now, head=True)
+            if sentences or head:
                 # What the chunker still holds began in this piece (or, rarely, slightly earlier).
                 self._pending_since = now if self._chunker.pending.strip() else None
 
@@ -336,6 +391,9 @@ class Pipeline:
         if self._closed:
             return
         self._gen += 1
+        with self._timing_lock:
+            self._open.clear()
+            self._parts.clear()
         # The first abort unblocks a write waiting for buffer space; the second, once the sink
         # worker has let go of the sink, drops anything it wrote between its check and the abort.
         if self._sink_opened:
@@ -343,6 +401,24 @@ class Pipeline:
         with self._sink_lock:
             if self._sink_opened:
                 self.sink.abort()
+
+    def warm(self) -> dict[str, float]:
+        """Warms the stages before the first text: each one that has a ``warm()`` method runs it once, on
+        the worker thread that will use it (kernels built, caches primed). Blocks until done.
+
+        Returns:
+            Seconds each stage took (``"translate"``, ``"voice"``), for those that have ``warm()``.
+
+        Raises:
+            RuntimeError: after ``close()``.
+            The exception of a worker that died outside a per-sentence call.
+        """
+        if self._closed:
+            raise RuntimeError("the pipeline is closed")
+        spent: dict[str, float] = {}
+        self._wait_barrier(warm=spent)
+        self._raise_crash()
+        return dict(spent)
 
     def timings(self) -> list[SentenceTiming]:
         """Per-sentence times of the last ``history`` sentences, oldest first (copies)."""
@@ -372,28 +448,49 @@ class Pipeline:
             self._chunker = SentenceChunker(lang=self.lang)
             self._chunker_gen = gen
             self._pending_since = None
+            self._tail_next = False  # the rest of a sentence started early went with the old chunker
         return gen
 
-    def _queue_sentences(self, sentences: list[str], gen: int, now: float) -> None:
+    def _queue_sentences(self, sentences: list[str], gen: int, now: float, head: bool = False) -> None:
         for i, source in enumerate(sentences):
             seq = self._next_seq
             self._next_seq += 1
             fed = self._pending_since if i == 0 and self._pending_since is not None else now
+            part = "head" if head else "tail" if i == 0 and self._tail_next else None
+            if i == 0:
+                self._tail_next = head
             with self._timing_lock:
-                self._timings[seq] = SentenceTiming(seq=seq, source=source, fed=fed, chunked=now)
+                self._timings[seq] = SentenceTiming(seq=seq, source=source, fed=fed, chunked=now, part=part)
                 while len(self._timings) > self.history:
                     self._timings.popitem(last=False)
+                if part is not None:
+                    self._parts[seq] = part
+                self._open[seq] = gen
             self._emit(seq, "fed", source, t=fed)
             self._emit(seq, "chunked", source, t=now)
             if gen != self._gen:
                 continue  # cancelled while we were blocked on the queue: drop the rest
-            self._text_q.put(_Sentence(gen, seq, source))
+            self._text_q.put(_Sentence(gen, seq, source, part))
+
+    def _may_start_early(self) -> bool:
+        """Early start is on and nothing is queued, in a stage, or still playing (by real time)."""
+        if not self.early_start or self.voice is None:
+            return False
+        gen = self._gen
+        with self._timing_lock:
+            if any(g == gen for g in self._open.values()):
+                return False
+        return time.perf_counter() >= self._play_end
 
     # -- events and timings ------------------------------------------------------------------
 
     def _emit(self, seq: int, stage: str, text: str, error: str | None = None, t: float | None = None, **fields) -> None:
         t = time.perf_counter() if t is None else t
         with self._timing_lock:
+            part = self._parts.get(seq)
+            if stage in _TERMINAL:
+                self._parts.pop(seq, None)
+                self._open.pop(seq, None)
             timing = self._timings.get(seq)
             if timing is not None:
                 if stage in ("translated", "first_audio", "done"):
@@ -406,7 +503,7 @@ class Pipeline:
                     setattr(timing, key, value)
         if self.on_event is not None:
             try:
-                self.on_event(Event(seq, stage, t, text, error))
+                self.on_event(Event(seq, stage, t, text, error, part))
             except Exception:
                 logger.exception("on_event callback failed on %s event of sentence %d", stage, seq)
 
@@ -448,16 +545,31 @@ class Pipeline:
                 if item.gen == self._gen:
                     self._emit(item.seq, "error", item.source, error=f"{name}: worker crashed earlier")
 
-    def _pass_control(self, item: object, outq: queue.Queue) -> bool:
-        """Forward a barrier or the sentinel; True when the worker must stop."""
+    def _pass_control(self, item: object, outq: queue.Queue, stage: str = "") -> bool:
+        """Forward a barrier or the sentinel (warming this worker's stage first if asked); True when the
+        worker must stop."""
+        if isinstance(item, _Barrier) and item.warm is not None and stage:
+            self._warm_stage(stage, item.warm)
         outq.put(item)
         return isinstance(item, _Stop)
+
+    def _warm_stage(self, stage: str, spent: dict[str, float]) -> None:
+        model = self.translator if stage == "translate" else self.voice
+        warm = getattr(model, "warm", None)
+        if not callable(warm):
+            return
+        started = time.perf_counter()
+        try:
+            warm(self.src_lang, self.tgt_lang) if stage == "translate" else warm()
+        except Exception:  # a failed warm-up costs the first sentence some time, nothing more
+            logger.exception("warming the %s stage failed", stage)
+        spent[stage] = time.perf_counter() - started
 
     def _translate_loop(self) -> None:
         while True:
             item = self._text_q.get()
             if not isinstance(item, _Sentence):
-                if self._pass_control(item, self._voice_q):
+                if self._pass_control(item, self._voice_q, "translate"):
                     return
                 continue
             batch, control = [item], None
@@ -473,7 +585,7 @@ class Pipeline:
                         break
                     batch.append(nxt)
             self._translate_batch(batch)
-            if control is not None and self._pass_control(control, self._voice_q):
+            if control is not None and self._pass_control(control, self._voice_q, "translate"):
                 return
 
     def _prepare(self, item: _Sentence) -> tuple[str, bool] | None:
@@ -489,6 +601,8 @@ class Pipeline:
         if not text.strip():
             self._emit(item.seq, "skipped", item.source, error="nothing to say")
             return None
+        if item.part == "head":
+            text = _as_clause(text, self.lang)  # cleanup drops a trailing comma: the clause goes on
         return text, self.translator is not None and not code
 
     def _translate_batch(self, batch: list[_Sentence]) -> None:
@@ -519,8 +633,11 @@ class Pipeline:
                 if not text.strip():
                     self._emit(item.seq, "skipped", item.source, error="empty translation")
                     continue
+            if item.part == "head":
+                # Said as a clause that goes on (rising, not falling as at a sentence end).
+                text = _as_clause(text, self._cue_lang)
             self._emit(item.seq, "translated", text, spoken=text)
-            self._voice_q.put(_Spoken(item.gen, item.seq, item.source, text))
+            self._voice_q.put(_Spoken(item.gen, item.seq, item.source, text, item.part))
 
     def _translate_many(self, todo: list[tuple[_Sentence, str]]) -> dict[int, str | BaseException]:
         texts = [text for _, text in todo]
@@ -558,7 +675,7 @@ class Pipeline:
         while True:
             item = self._voice_q.get()
             if not isinstance(item, _Spoken):
-                if self._pass_control(item, self._audio_q):
+                if self._pass_control(item, self._audio_q, "voice"):
                     return
                 continue
             if item.gen != self._gen:
@@ -569,6 +686,8 @@ class Pipeline:
                 continue
             failed = False
             chunks = None
+            gap = self.clause_gap if self._continues(item) else self.sentence_gap
+            self._last_voiced = (item.gen, item.seq, item.part)
             try:
                 chunks = iter(self.voice.synthesize(item.text, self.speed))
                 while True:
@@ -579,6 +698,9 @@ class Pipeline:
                     audio = _check_chunk(chunk)
                     if audio.size:
                         now = time.perf_counter()
+                        if gap:
+                            self._put_pause(item, gap, now)
+                            gap = 0.0
                         self._play_end = max(self._play_end, now) + audio.shape[0] / self._sample_rate
                         self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, audio))
             except Exception as err:
@@ -589,6 +711,22 @@ class Pipeline:
                 if close is not None:
                     close()  # stop a generator left early by cancel()
             self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
+
+    def _continues(self, item: _Spoken) -> bool:
+        """True when ``item`` goes on the sentence whose head was voiced just before it."""
+        gen, seq, part = self._last_voiced
+        return item.part in PARTS and part == "head" and (gen, seq) == (item.gen, item.seq - 1)
+
+    def _put_pause(self, item: _Spoken, gap: float, now: float) -> None:
+        """Silence before the first audio of ``item``: ``gap`` less what playback has already been silent."""
+        if self._play_end <= 0.0:
+            return  # nothing was played before
+        seconds = gap - max(0.0, now - self._play_end)
+        samples = int(round(seconds * self._sample_rate))
+        if samples > 0:
+            self._play_end = max(self._play_end, now) + samples / self._sample_rate
+            silence = np.zeros(samples, np.float32)
+            self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, silence, pause=True))
 
     def _yield_to_translator(self, gen: int) -> None:
         """Wait while the translator runs and the audio already made covers the wait (see priority_lead)."""
@@ -604,8 +742,8 @@ class Pipeline:
 
     def _sink_loop(self) -> None:
         current = -1  # the sentence whose chunks are arriving
-        samples = 0
-        failed = False
+        samples = paused = 0
+        failed = started = False
         while True:
             item = self._audio_q.get()
             if isinstance(item, _Stop):
@@ -616,10 +754,11 @@ class Pipeline:
             if item.gen != self._gen:
                 continue
             if item.seq != current:
-                current, samples, failed = item.seq, 0, False
+                current, samples, paused, failed, started = item.seq, 0, 0, False, False
             if item.audio is None:
                 if not (failed or item.failed):
-                    self._emit(item.seq, "done", item.text, audio_seconds=samples / self._sample_rate)
+                    rate = self._sample_rate
+                    self._emit(item.seq, "done", item.text, audio_seconds=samples / rate, pause=paused / rate)
                 continue
             if failed:
                 continue
@@ -635,14 +774,17 @@ class Pipeline:
                     failed = True
                     self._fail(item.seq, "sink", item.source, err)
                     continue
-            if samples == 0:
+            if item.pause:
+                paused += item.audio.size
+            elif not started:
+                started = True
                 self._emit(item.seq, "first_audio", item.text)
             samples += item.audio.size
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _wait_barrier(self) -> None:
-        barrier = _Barrier(threading.Event())
+    def _wait_barrier(self, warm: dict[str, float] | None = None) -> None:
+        barrier = _Barrier(threading.Event(), warm)
         self._text_q.put(barrier)
         # The timeout only lets us notice workers that are gone; the barrier normally sets the event.
         while not barrier.reached.wait(timeout=1.0):
@@ -668,6 +810,15 @@ def _check_chunk(chunk: object) -> np.ndarray:
         logger.warning("voice produced non-finite samples; they are silenced")
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
     return audio
+
+
+_ENDS = ".。!！?？,、，;；:：…"
+
+
+def _as_clause(text: str, lang: str) -> str:
+    """``text`` ending in a clause comma of ``lang`` (Japanese 、, else ",") instead of a sentence end."""
+    comma = "、" if lang.lower().startswith(("ja", "jpn")) else ","
+    return text.rstrip().rstrip(_ENDS).rstrip() + comma
 
 
 def _short(text: str, n: int = 60) -> str:

@@ -12,9 +12,18 @@ import pytest
 
 from mlx_stream_tts.audio import NullSink
 from mlx_stream_tts.chunking import code_cue
-from mlx_stream_tts.pipeline import Event, Pipeline
+from mlx_stream_tts.pipeline import Event
+from mlx_stream_tts.pipeline import Pipeline as _Pipeline
 
 from fakes import FakeTranslator, FakeVoice, RecordingSink, decode, encode, sentence_id
+
+
+def Pipeline(*args, **kwargs) -> _Pipeline:  # noqa: N802 - stands in for the class in these tests
+    """The pipeline without the listener's pacing (no silence between sentences, no early start): these
+    tests check every chunk the sink gets. tests/test_early_start.py and tests/test_trim.py test the pacing."""
+    kwargs.setdefault("sentence_gap", 0.0)
+    kwargs.setdefault("early_start", False)
+    return _Pipeline(*args, **kwargs)
 
 
 def lines(ids) -> str:

@@ -436,6 +436,15 @@ slow_on_pure = pytest.mark.skipif(PURE_ONLY, reason="MLX_STREAM_TTS_BACKEND=mlx:
                                   "runs at ~13x real time; this sentence would take minutes")
 
 
+@pytest.fixture
+def untrimmed(real_voice):
+    """The real voice with the model's own silence kept: these tests compare windowed with one-shot
+    audio sample for sample (lengths included), which trimming by level would blur by a few samples."""
+    real_voice.trim = False
+    yield real_voice
+    real_voice.trim = True
+
+
 @pytest.fixture(scope="module")
 def real_voice(tmp_path_factory):
     """The default voice as ``Voice.load`` gives it: the CPU accelerator here, the pure model under
@@ -462,7 +471,8 @@ def test_real_voice_lists_the_shipped_voices(real_voice):
 
 
 @pytest.mark.slow
-def test_real_voice_streams_close_to_oneshot_from_a_worker_thread(real_voice):
+def test_real_voice_streams_close_to_oneshot_from_a_worker_thread(untrimmed):
+    real_voice = untrimmed
     text = "はい、確認します。"
     one = np.concatenate(list(real_voice.synthesize(text, mode="oneshot")))
     result: dict = {}
@@ -518,7 +528,8 @@ def test_real_voice_one_window_is_oneshot_exact(real_voice):
 
 @slow_on_pure
 @pytest.mark.slow
-def test_real_voice_first_chunk_before_the_sentence_and_close_to_oneshot(real_voice):
+def test_real_voice_first_chunk_before_the_sentence_and_close_to_oneshot(untrimmed):
+    real_voice = untrimmed
     text = "テストを実行して、結果を確認します。"  # bench/tts.py's short sentence, ~150 frames
     one = np.concatenate(list(real_voice.synthesize(text, mode="oneshot")))
     plan = real_voice.plan
@@ -567,7 +578,8 @@ def test_real_voice_windowed_needs_no_more_memory_than_oneshot(real_voice):
 
 @needs_accelerator
 @pytest.mark.slow
-def test_real_voice_backend_and_precision_switch(real_voice, monkeypatch):
+def test_real_voice_backend_and_precision_switch(untrimmed, monkeypatch):
+    real_voice = untrimmed
     from mlx_stream_tts.cpu import AcceleratorError
     from mlx_stream_tts.cpu import int8_conv as _native
     from mlx_stream_tts.cpu.modules import replaced
