@@ -748,10 +748,160 @@ def scenario_stream(side: str, opts: argparse.Namespace) -> dict:
     return {"engine": engine, "load_s": load_s, "peak_mb": _peak_rss_mb(), "captures": captures}
 
 
+# -- the warm service against a cold process, and a phrase-cache hit (ours only: the peer has neither)
+
+SHORT_SENTENCE = "Let me check the failing test."
+
+
+class _FirstAudible:
+    """Reads a process's raw 16-bit PCM stdout as it comes; notes when the first audible sample arrived."""
+
+    def __init__(self, stream, silence: float):
+        self.stream, self.threshold = stream, int(silence * 32767)
+        self.times: list[float] = []  # one per audible arrival after arm()
+        self._armed = False
+        self._odd = b""
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def _read(self) -> None:
+        fd = self.stream.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            now = time.perf_counter()
+            data, self._odd = self._odd + data, b""
+            if len(data) % 2:
+                data, self._odd = data[:-1], data[-1:]
+            pcm = np.frombuffer(data, dtype="<i2")
+            if self._armed and pcm.size and np.abs(pcm.astype(np.int32)).max() > self.threshold:
+                self.times.append(now)
+                self._armed = False
+
+    def wait(self, timeout: float) -> float | None:
+        deadline = time.perf_counter() + timeout
+        while not self.times and time.perf_counter() < deadline:
+            time.sleep(0.002)
+        return self.times.pop() if self.times else None
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mlx_stream_tts", *args]
+
+
+def _model_args(opts: argparse.Namespace, translate: bool) -> list[str]:
+    if not translate:
+        return ["--to", "none", "--lang", "ja", "--backend", opts.backend]
+    return ["--model-dir", str(opts.nllb or default_nllb()), "--backend", opts.backend]
+
+
+def _cold_first_audible(args: list[str], text: str, silence: float) -> float:
+    """From starting `speak` to the first audible sample it writes (everything loaded from scratch)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(_cli("speak", "--pcm", "--no-cache", *args), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    watch = _FirstAudible(proc.stdout, silence)
+    watch.arm()
+    proc.stdin.write(text.encode())
+    proc.stdin.close()
+    first = watch.wait(300.0)
+    proc.wait(300)
+    if first is None:
+        raise RuntimeError(f"speak {' '.join(args)} wrote no audible sample")
+    return first - t0
+
+
+def scenario_service(side: str, opts: argparse.Namespace) -> dict:
+    """A short sentence's first audible sample, from the client's start: cold `speak` vs `speak --server`.
+
+    Each row: a fresh `speak` process loading everything, against `speak --server` to a service that was
+    started (and warmed) before; both write raw PCM (no sound card here: the first audible sample written
+    is when playback could start). Voice only (`--to none`, Japanese text) and with the translator.
+    """
+    if side != "ours":
+        return {"engine": "no service in the peer", "rows": []}
+    rows = []
+    runs = 3
+    for translate, text in ((False, "テストを確認します。"), (True, SHORT_SENTENCE)):
+        args = _model_args(opts, translate)
+        cold = [_cold_first_audible(args, text, opts.silence) for _ in range(runs)]
+        with tempfile.TemporaryDirectory(prefix="e2e", dir="/tmp") as tmp:
+            sock = str(Path(tmp) / "s.sock")
+            serve = subprocess.Popen(_cli("serve", "--pcm", "--no-cache", "--no-hooks", "--socket", sock, *args),
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+            try:
+                watch = _FirstAudible(serve.stdout, opts.silence)
+                from mlx_stream_tts import client
+
+                if not client.wait_until_up(Path(sock), 120):
+                    raise RuntimeError("the service did not start")
+                while client.request(Path(sock), "status")["state"] == "loading":
+                    time.sleep(0.1)
+                warm = []
+                for i in range(runs + 1):  # the first one warms the service's caches; not counted
+                    t0 = time.perf_counter()
+                    watch.arm()
+                    subprocess.run(_cli("speak", "--server", "--socket", sock), input=text.encode(), cwd=ROOT,
+                                   check=True, stdout=subprocess.DEVNULL)
+                    first = watch.wait(60.0)
+                    if first is None:
+                        raise RuntimeError("the service wrote no audible sample")
+                    if i:
+                        warm.append(first - t0)
+            finally:
+                subprocess.run(_cli("stop", "--socket", sock), cwd=ROOT, capture_output=True)
+                serve.wait(30)
+        what = "with translator" if translate else "voice only"
+        rows.append({"case": what, "cold_s": statistics.median(cold), "warm_s": statistics.median(warm),
+                     "cold_all": cold, "warm_all": warm})
+    return {"engine": "mlx-stream-tts speak (cold) vs speak --server (warm service)", "rows": rows}
+
+
+def scenario_cache(side: str, opts: argparse.Namespace) -> dict:
+    """Sentence end -> its first audio at the sink, before (miss) and after (hit) the phrase cache has it."""
+    if side != "ours":
+        return {"engine": "no phrase cache in the peer", "rows": []}
+    import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
+    from mlx_stream_tts.audio import NullSink
+    from mlx_stream_tts.phrase_cache import CachedTranslator, CachedVoice, PhraseCache
+    from mlx_stream_tts.pipeline import Pipeline
+
+    translator, voice, engine = load_ours(opts.backend, opts.nllb)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = PhraseCache(Path(tmp) / "phrases.sqlite3")
+        firsts: list[float] = []
+        pipeline = Pipeline(translator=CachedTranslator(translator, cache, "bench"),
+                            voice=CachedVoice(voice, cache, "bench"), sink=NullSink(),
+                            on_event=lambda e: firsts.append(e.t) if e.stage == "first_audio" else None)
+        texts = [SHORT_SENTENCE, "All 42 tests pass now.", "I updated the README with the new flag."]
+        for label in ("miss", "hit"):
+            lat = []
+            for text in texts:
+                firsts.clear()
+                t_end = time.perf_counter()
+                pipeline.feed(text + " ")
+                pipeline.flush()
+                lat.append(firsts[0] - t_end)
+            rows.append({"case": label, "median_s": statistics.median(lat), "all": lat})
+        pipeline.close()
+        rows.append({"case": "stats", **cache.stats()})
+        cache.close()
+    return {"engine": f"{engine}; phrase cache in a temp folder", "rows": rows}
+
+
 #: name -> (what it compares, function(side, options) -> result dict). Each side runs in its own process.
 SCENARIOS: dict[str, tuple[str, Callable[[str, argparse.Namespace], dict]]] = {
     "stream": ("warm models, captures streamed live", scenario_stream),
+    "service": ("a short sentence from the client's start: cold speak vs the warm service", scenario_service),
+    "cache": ("sentence end -> first audio: phrase-cache miss vs hit", scenario_cache),
 }
+#: Scenarios with ours only: they report rows, not capture timelines.
+OURS_ONLY = ("service", "cache")
 SIDES = ("ours", "peer")
 
 
@@ -797,6 +947,23 @@ def table(metrics: dict[str, dict]) -> str:
             a, b = metrics["ours"].get(key), metrics["peer"].get(key)
             cells.append(f"{a / b:.2f}" if a is not None and b else "-")
         lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def rows_table(result: dict) -> str:
+    """The service and cache scenarios' rows, with the issue's targets."""
+    lines = [result["engine"], ""]
+    for row in result["rows"]:
+        if "cold_s" in row:
+            ratio = row["warm_s"] / row["cold_s"]
+            lines.append(f"- {row['case']}: first audible sample from the client's start: cold speak "
+                         f"{row['cold_s']:.2f} s, warm service {row['warm_s']:.2f} s: {ratio:.2f}x "
+                         f"(target at most 0.3x: {'met' if ratio <= 0.3 else 'NOT met'})")
+        elif "median_s" in row:
+            ms = row["median_s"] * 1e3
+            target = f" (target under 50 ms: {'met' if ms < 50 else 'NOT met'})" if row["case"] == "hit" else ""
+            lines.append(f"- phrase cache {row['case']}: sentence end -> first audio at the sink, median "
+                         f"{ms:.1f} ms (each: {', '.join(f'{v * 1e3:.1f}' for v in row['all'])}){target}")
     return "\n".join(lines)
 
 
@@ -915,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for name in args.scenario or list(SCENARIOS):
         results[name] = {}
-        for side in sides:
+        for side in ("ours",) if name in OURS_ONLY else sides:
             print(f"{name}: {side} ...", file=sys.stderr, flush=True)
             try:
                 results[name][side] = run_child(name, side, args)
@@ -936,6 +1103,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['loadavg_after'][0]:.1f}; text at {args.tokens_per_s:g} tokens/s x "
           f"{args.chars_per_token:g} chars; {wall:.0f} s in all; timeline in {args.json}")
     for name, sides_result in results.items():
+        if name in OURS_ONLY:
+            print(f"\n## {name}: {SCENARIOS[name][0]}\n")
+            print(rows_table(sides_result["ours"]))
+            continue
         pooled, per = {}, {}
         for side, result in sides_result.items():
             pooled[side], per[side] = scenario_metrics(result)

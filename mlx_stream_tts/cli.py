@@ -139,7 +139,7 @@ def _speak(args: argparse.Namespace) -> int:
     reader_gone = threading.Event()
 
     def on_event(event) -> None:
-        if event.stage == "chunked":
+        if event.stage == "chunked" and getattr(event, "part", None) != "tail":
             chunked[0] += 1
         if args.text and event.stage == subtitle_stage and not reader_gone.is_set():
             try:
@@ -161,7 +161,9 @@ def _speak(args: argparse.Namespace) -> int:
         speed=args.speed,
         code=args.code,
         on_event=on_event,
+        **pipeline_options(args),
     )
+    pipeline.warm()  # before the first text arrives: its first sentence pays no start-up cost
     finished = threading.Event()
 
     def stop_when_reader_goes() -> None:
@@ -230,7 +232,8 @@ def load_stages(args: argparse.Namespace):
         from .voice import Voice
 
         try:
-            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision, backend=args.backend)
+            voice = Voice.load(args.voice_dir, voice=args.voice, precision=args.voice_precision, backend=args.backend,
+                               trim=not args.no_trim)
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
@@ -267,6 +270,11 @@ def _with_cache(args: argparse.Namespace, translator, voice):
         cache.close()
         return getattr(translator, "inner", translator), getattr(voice, "inner", voice), None
     return translator, voice, cache
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    """The pacing options of `speak` and `serve`, as Pipeline keywords."""
+    return {"sentence_gap": args.gap, "clause_gap": args.clause_gap, "early_start": not args.no_early_start}
 
 
 def _print_speakable(out, text: str) -> None:
@@ -378,10 +386,8 @@ def _serve_pipeline(args: argparse.Namespace, on_event):
 
     pipeline = Pipeline(translator=translator, voice=voice, sink=sink, src_lang=src_lang, tgt_lang=tgt_lang,
                         lang="en" if translator is not None else args.lang, speed=args.speed, code=args.code,
-                        on_event=events)
-    warm = getattr(pipeline, "warm", None)
-    if warm is not None:
-        warm()
+                        on_event=events, **pipeline_options(args))
+    pipeline.warm()
     info = {
         "translator": f"{args.model_dir or 'default'} ({src_lang} -> {tgt_lang})" if translator is not None else None,
         "voice": f"{args.voice} (speed {args.speed})" if voice is not None else None,
@@ -607,6 +613,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--voice-precision", choices=("auto", "int8", "float32"), default="auto",
         help="the vocoder's convolutions with the CPU accelerator: auto = int8 where its kernel runs (AVX-512 VNNI)")
     add("--voice-dir", help="converted Kokoro folder (default: built from the shipped voice once, cached)")
+    add("--gap", type=float, default=0.2, metavar="SECONDS",
+        help="silence between sentences spoken back to back (the voice's own leading/trailing silence is trimmed)")
+    add("--clause-gap", type=float, default=0.1, metavar="SECONDS",
+        help="silence between the parts of a long sentence started early")
+    add("--no-early-start", action="store_true",
+        help="always wait for a sentence's end (by default, when nothing is being said, a long sentence starts "
+             "at its first clause boundary)")
+    add("--no-trim", action="store_true", help="keep the voice's own leading and trailing silence")
     add("--no-cache", action="store_true",
         help="don't use the phrase cache (sentence -> translation -> audio, kept in <cache>/phrases.sqlite3; "
              "also MLX_STREAM_TTS_NO_CACHE=1)")
@@ -637,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--pcm and --out are exclusive")
         if args.speed <= 0:
             parser.error("--speed must be positive")
+        if args.gap < 0 or args.clause_gap < 0:
+            parser.error("--gap and --clause-gap must be >= 0")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -483,8 +483,8 @@ class Service:
     def _on_event(self, event) -> None:
         owner = self._speaker.owner
         stage = event.stage
-        if stage == "chunked" and owner is not None:
-            owner.sentences += 1
+        if stage == "chunked" and owner is not None and getattr(event, "part", None) != "tail":
+            owner.sentences += 1  # a tail is the rest of a sentence counted at its head
         elif stage == "error" and owner is not None:
             owner.failed.add(event.seq)
         spoken = stage == "first_audio" or (stage == "done" and getattr(self.pipeline, "voice", 1) is None)

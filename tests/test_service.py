@@ -52,8 +52,9 @@ class Stages:
             assert self.gate.wait(10)
         if self.fail:
             raise RuntimeError(self.fail)
+        # No gaps and no early start: the sink then holds exactly the fake voice's chunks, easy to check.
         self.pipeline = Pipeline(translator=self.translator, voice=self.voice, sink=self.sink, on_event=on_event,
-                                 priority_lead=None)
+                                 priority_lead=None, sentence_gap=0, early_start=False)
         return self.pipeline, {"translator": "fake", "voice": "fake"}
 
 
