@@ -191,7 +191,8 @@ def _check_order(run):
 def test_replays_of_fake_engines_show_the_peer_waiting_and_ours_overlapping():
     voice = FakeVoice(0.02)
     peer = e2e.replay_peer(SCHEDULE, SlowTranslator(0.1), voice.whole, e2e.DeviceClockSink())
-    ours = e2e.replay_ours(SCHEDULE, SlowTranslator(0.1), voice, e2e.DeviceClockSink(), priority_lead=None)
+    ours = e2e.replay_ours(SCHEDULE, SlowTranslator(0.1), voice, e2e.DeviceClockSink(), priority_lead=None,
+                           sentence_gap=0, early_start=False)  # the fake audio alone, as the peer plays it
     p, o = _check_order(peer), _check_order(ours)
     # The peer takes the next sentence only once the one before has played; ours translates it meanwhile.
     assert all(b["translate_start"] >= a["play_end"] - 1e-3 for a, b in zip(p, p[1:]))
@@ -234,7 +235,7 @@ def test_plot_draws_both_sides_of_a_run(tmp_path):
 
     voice = FakeVoice(0.0)
     fast = SlowTranslator(0.0)
-    sides = {"ours": e2e.replay_ours(SCHEDULE, fast, voice, e2e.DeviceClockSink(buffer_s=math.inf)),
+    sides = {"ours": e2e.replay_ours(SCHEDULE, fast, voice, e2e.DeviceClockSink(buffer_s=math.inf), sentence_gap=0),
              "peer": e2e.replay_peer(SCHEDULE, fast, voice.whole, e2e.DeviceClockSink(buffer_s=math.inf))}
     run = {"tokens_per_s": 200, "chars_per_token": 4,
            "scenarios": {"stream": {side: {"engine": "fake", "captures": [dict(r, capture="x.jsonl")]}
