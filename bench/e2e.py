@@ -793,17 +793,11 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mlx_stream_tts", *args]
 
 
-def _model_args(opts: argparse.Namespace, translate: bool) -> list[str]:
-    if not translate:
-        return ["--to", "none", "--lang", "ja", "--backend", opts.backend]
-    return ["--model-dir", str(opts.nllb or default_nllb()), "--backend", opts.backend]
-
-
-def _cold_first_audible(args: list[str], text: str, silence: float) -> float:
-    """From starting `speak` to the first audible sample it writes (everything loaded from scratch)."""
+def _cold_first_audible(cmd: list[str], text: str, silence: float) -> float:
+    """From starting ``cmd`` (a process that loads everything, then speaks stdin as raw PCM on stdout)
+    to the first audible sample it writes."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(_cli("speak", "--pcm", "--no-cache", *args), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     watch = _FirstAudible(proc.stdout, silence)
     watch.arm()
     proc.stdin.write(text.encode())
@@ -811,54 +805,97 @@ def _cold_first_audible(args: list[str], text: str, silence: float) -> float:
     first = watch.wait(300.0)
     proc.wait(300)
     if first is None:
-        raise RuntimeError(f"speak {' '.join(args)} wrote no audible sample")
+        raise RuntimeError(f"{' '.join(cmd)} wrote no audible sample")
     return first - t0
 
 
-def scenario_service(side: str, opts: argparse.Namespace) -> dict:
-    """A short sentence's first audible sample, from the client's start: cold `speak` vs `speak --server`.
+def _warm_first_audible(serve_cmd: list[str], sock: str, text: str, silence: float, runs: int) -> list[float]:
+    """Start a service (``serve_cmd``, raw PCM on its stdout), wait until it is ready, then time each
+    `mlx-stream-tts speak --server` from its start to the first audible sample the service writes."""
+    from mlx_stream_tts import client
 
-    Each row: a fresh `speak` process loading everything, against `speak --server` to a service that was
-    started (and warmed) before; both write raw PCM (no sound card here: the first audible sample written
-    is when playback could start). Voice only (`--to none`, Japanese text) and with the translator.
+    serve = subprocess.Popen(serve_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        watch = _FirstAudible(serve.stdout, silence)
+        if not client.wait_until_up(Path(sock), 120):
+            raise RuntimeError("the service did not start")
+        while client.request(Path(sock), "status")["state"] == "loading":
+            time.sleep(0.1)
+        times = []
+        for i in range(runs + 1):  # the first request warms what the service's own warm-up did not; not counted
+            t0 = time.perf_counter()
+            watch.arm()
+            subprocess.run(_cli("speak", "--server", "--socket", sock), input=text.encode(), cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL)
+            first = watch.wait(60.0)
+            if first is None:
+                raise RuntimeError("the service wrote no audible sample")
+            if i:
+                times.append(first - t0)
+        return times
+    finally:
+        subprocess.run(_cli("stop", "--socket", sock), cwd=ROOT, capture_output=True)
+        serve.wait(30)
+
+
+def scenario_service(side: str, opts: argparse.Namespace) -> dict:
+    """A short sentence's first audible sample, from the client's start: a cold process against the service.
+
+    Voice only: the real commands, `mlx-stream-tts speak --to none` (a fresh process loading the voice)
+    against `mlx-stream-tts speak --server` to a `serve` started and warmed before. With the translator:
+    the random-weight NLLB gives no speakable text through the CLI, so both sides are this file's
+    children built from the library as the CLI builds them, with the fixed-cost translator: `--child-speak`
+    (load everything, speak stdin) against `--child-serve` (a ``service.Service``), the client still the
+    real `speak --server`. Everything writes raw PCM (no sound card here): the first audible sample
+    written is when playback could start.
     """
     if side != "ours":
         return {"engine": "no service in the peer", "rows": []}
-    rows = []
     runs = 3
-    for translate, text in ((False, "テストを確認します。"), (True, SHORT_SENTENCE)):
-        args = _model_args(opts, translate)
-        cold = [_cold_first_audible(args, text, opts.silence) for _ in range(runs)]
+    common = ["--backend", opts.backend, "--no-cache"]
+    ours = [sys.executable, __file__, "--backend", opts.backend] + (["--nllb", str(opts.nllb)] if opts.nllb else [])
+    rows = []
+    for case, text in (("voice only", "テストを確認します。"), ("with translator", SHORT_SENTENCE)):
         with tempfile.TemporaryDirectory(prefix="e2e", dir="/tmp") as tmp:
             sock = str(Path(tmp) / "s.sock")
-            serve = subprocess.Popen(_cli("serve", "--pcm", "--no-cache", "--no-hooks", "--socket", sock, *args),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
-            try:
-                watch = _FirstAudible(serve.stdout, opts.silence)
-                from mlx_stream_tts import client
-
-                if not client.wait_until_up(Path(sock), 120):
-                    raise RuntimeError("the service did not start")
-                while client.request(Path(sock), "status")["state"] == "loading":
-                    time.sleep(0.1)
-                warm = []
-                for i in range(runs + 1):  # the first one warms the service's caches; not counted
-                    t0 = time.perf_counter()
-                    watch.arm()
-                    subprocess.run(_cli("speak", "--server", "--socket", sock), input=text.encode(), cwd=ROOT,
-                                   check=True, stdout=subprocess.DEVNULL)
-                    first = watch.wait(60.0)
-                    if first is None:
-                        raise RuntimeError("the service wrote no audible sample")
-                    if i:
-                        warm.append(first - t0)
-            finally:
-                subprocess.run(_cli("stop", "--socket", sock), cwd=ROOT, capture_output=True)
-                serve.wait(30)
-        what = "with translator" if translate else "voice only"
-        rows.append({"case": what, "cold_s": statistics.median(cold), "warm_s": statistics.median(warm),
+            if case == "voice only":
+                cold_cmd = _cli("speak", "--pcm", "--to", "none", "--lang", "ja", *common)
+                serve_cmd = _cli("serve", "--pcm", "--no-hooks", "--socket", sock, "--to", "none", "--lang", "ja", *common)
+            else:
+                cold_cmd = [*ours, "--child-speak"]
+                serve_cmd = [*ours, "--child-serve", sock]
+            cold = [_cold_first_audible(cold_cmd, text, opts.silence) for _ in range(runs)]
+            warm = _warm_first_audible(serve_cmd, sock, text, opts.silence, runs)
+        rows.append({"case": case, "cold_s": statistics.median(cold), "warm_s": statistics.median(warm),
                      "cold_all": cold, "warm_all": warm})
-    return {"engine": "mlx-stream-tts speak (cold) vs speak --server (warm service)", "rows": rows}
+    return {"engine": "a cold process vs `speak --server` to the warm service", "rows": rows}
+
+
+def _ours_pipeline(opts: argparse.Namespace, on_event=None):
+    """Our side as the CLI builds it (fixed-cost translator, voice, raw PCM on stdout), warmed."""
+    import mlx_stream_tts  # noqa: F401  (fast BLAS before mlx)
+    from mlx_stream_tts.audio import PcmSink
+    from mlx_stream_tts.pipeline import Pipeline
+
+    translator, voice, engine = load_ours(opts.backend, opts.nllb)
+    pipeline = Pipeline(translator=translator, voice=voice, sink=PcmSink(), on_event=on_event)
+    pipeline.warm()
+    return pipeline, {"engine": engine}
+
+
+def child_speak(opts: argparse.Namespace) -> int:
+    """What a cold `speak` does: load, warm, speak stdin."""
+    pipeline, _ = _ours_pipeline(opts)
+    pipeline.feed(sys.stdin.read())
+    pipeline.close()
+    return 0
+
+
+def child_serve(sock: str, opts: argparse.Namespace) -> int:
+    """What `serve` does, with our side's fixed-cost translator."""
+    from mlx_stream_tts.service import Service
+
+    return Service(Path(sock), lambda on_event: _ours_pipeline(opts, on_event), hooks=False).serve()
 
 
 def scenario_cache(side: str, opts: argparse.Namespace) -> dict:
@@ -1053,6 +1090,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--options-json", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-speak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-serve", metavar="SOCKET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.pipeline_options = json.loads(args.options_json) if args.options_json else dict(args.pipeline_option)
     if args.tokens_per_s <= 0 or args.chars_per_token <= 0:
@@ -1070,6 +1109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child_speak:
+        return child_speak(args)
+    if args.child_serve:
+        return child_serve(args.child_serve, args)
     if args.child:
         scenario, side = args.child.split(":")
         result = SCENARIOS[scenario][1](side, args)

@@ -396,7 +396,8 @@ class TranscriptFollower:
             self._remember(self._seen_uuids, uuid)
         if self._not_before is not None:
             stamp = _timestamp(obj.get("timestamp"))
-            if stamp is not None and stamp < self._not_before:
+            # Timestamps are cut to the millisecond: one written in the prompt's own millisecond is not older.
+            if stamp is not None and stamp < self._not_before - 0.001:
                 logger.debug("transcript: assistant line from before the prompt not spoken")
                 return
         message = obj.get("message")

@@ -2,6 +2,7 @@
 import os
 
 import mlx_stream_tts  # noqa: F401
+import mlx.core  # noqa: F401,E402  (OpenBLAS and the gemv shim load now, as in any process that runs a model)
 
 # The phrase cache is on by default for users; tests never read or write the real one (a test that
 # wants a cache makes its own in a temp folder, and the cache tests set this variable themselves).

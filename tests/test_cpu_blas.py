@@ -49,6 +49,15 @@ def test_openblas_is_loaded_and_much_faster_than_reference():
     assert fast["ms"] * 3 < slow["ms"], (fast["ms"], slow["ms"])
 
 
+def test_openblas_loads_only_when_mlx_is_imported():
+    # The service's clients and the hook import the package but never MLX: they must not pay for BLAS.
+    code = ("import sys, mlx_stream_tts\nfrom mlx_stream_tts.cpu import blas\nprint(blas.active_blas)\n"
+            "import mlx.core\nprint(blas.active_blas)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    before, after = out.stdout.split("\n")[:2]
+    assert before == "None" and "openblas" in after.lower()
+
+
 def test_late_import_warns():
     late = _probe("mlx-first")
     assert late["active"] is None
@@ -57,6 +66,7 @@ def test_late_import_warns():
 
 _THREADS = r"""
 import mlx_stream_tts
+import mlx.core  # OpenBLAS loads just before this (the package's import hook)
 from mlx_stream_tts.cpu import blas as _blas
 get = _blas._handles[-1].openblas_get_num_threads
 print(get(), _blas.default_blas_threads(), _blas.blas_threads(), end=" ")
