@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from . import protocol
-from .cli import read_pieces
+from .source import read_pieces
 from .protocol import LineReader, ProtocolError
 
 logger = logging.getLogger(__name__)

@@ -121,7 +121,7 @@ class _Speaker:
 
 
 class _FrameStream:
-    """A read-only binary stream over a client's input frames (what ``cli.iter_text`` reads)."""
+    """A read-only binary stream over a client's input frames (what ``source.iter_text`` reads)."""
 
     def __init__(self, reader: LineReader) -> None:
         self._reader = reader
@@ -428,7 +428,7 @@ class Service:
     # -- speak requests ----------------------------------------------------------------------------
 
     def _serve_speak(self, request: dict, reader: LineReader, send: Callable[[dict], None], conn: socket.socket) -> None:
-        from .cli import iter_text
+        from .source import iter_text
 
         fmt = request.get("format", "auto")
         if fmt not in ("auto", "stream-json", "text"):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_stream_tts.cli import iter_text, main
+from mlx_stream_tts.cli import main
+from mlx_stream_tts.source import iter_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "stream-json"
