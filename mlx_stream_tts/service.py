@@ -172,7 +172,6 @@ class Service:
         self._hook_sessions: Any = None
         self._hook_turn: _Owner | None = None  # the hook turn being spoken (or waiting for its turn)
         self._hook_gens: dict[str, int] = {}  # per session: bumped by each new prompt
-        self._threads: list[threading.Thread] = []
         self.served = 0
         self.cache: Any = None  # a PhraseCache, for its numbers in `status`
 
@@ -248,7 +247,9 @@ class Service:
         logger.info("ready in %.1f s: %s", self.loaded["load_s"], json.dumps(self.loaded, ensure_ascii=False))
         self._read_spool()
         # A hook that found no socket a moment before we bound it may still be writing its file.
-        threading.Timer(1.0, self._read_spool).start()
+        late = threading.Timer(1.0, self._read_spool)
+        late.daemon = True
+        late.start()
         return True
 
     def _read_spool(self) -> None:
@@ -273,7 +274,7 @@ class Service:
                 continue
             try:
                 self._on_hook(payload)
-            except (ProtocolError, Exception):
+            except Exception:
                 logger.exception("while handling the spooled hook payload %s", file.name)
 
     def wait(self) -> None:
@@ -290,9 +291,10 @@ class Service:
         self._stopping.set()
         if self._listener is not None:
             try:
-                self._listener.close()
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress (close() alone does not)
             except OSError:
                 pass
+            self._listener.close()
         self._hook_q.put(None)
         if self._hook_sessions is not None:
             self._hook_sessions.close()

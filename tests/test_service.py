@@ -266,6 +266,8 @@ def test_stop_ends_serve(short_dir):
     assert svc.serve() == 0
     stopper.join(5)
     assert not path.exists()
+    # Its listening and hook threads are gone (the accept() in progress was woken, not left behind).
+    assert _wait_for(lambda: not [t for t in threading.enumerate() if t.name in ("service-accept", "service-hooks")])
     with pytest.raises(client.NoService):
         client.request(path, "status")
 
