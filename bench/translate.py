@@ -20,6 +20,11 @@ exactly 32 new tokens (greedy). Speed does not depend on the weight values. Our 
 Models are loaded in their stored dtype (``dtype=None``): the fp16/bf16 rows measure MLX's half-precision
 CPU kernels, which ``dtype="auto"`` would avoid by loading float32.
 
+``--spans`` measures instead what ``spans.ProtectedTranslator`` adds per sentence on agent sentences: the
+time of ``protect`` + ``restore``, the source tokens of the masked text against the raw text (with this
+folder's tokenizer: the tiny test sentencepiece model, not NLLB's), and the translation of the same batch
+with and without the wrapper on the 600M shape (fp32, a fixed number of new tokens), in this process.
+
 The restricted variants keep 32,000 output rows chosen at random: the size we expect for
 ``--restrict-vocab jpn_Jpan`` on the real vocabulary (Han, kana, digits and punctuation); the
 random weights make the real script filter meaningless here.
@@ -28,6 +33,7 @@ random weights make the real script filter meaningless here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -257,6 +263,74 @@ def child(name: str, folder: Path, runs: int) -> None:
 # ------------------------------------------------------------------------------------- parent
 
 
+# ------------------------------------------------------------------------------ --spans
+
+
+# Sentences as a coding agent writes them, each with spans (files, commands, identifiers, numbers...).
+SPAN_SENTENCES = [
+    "Open src/app.ts and run npm test -- --watch.",
+    "I updated parse_args() in main.py to accept --verbose.",
+    "I ran rm -rf build and rebuilt from scratch.",
+    "The docs are at https://docs.python.org/3/library/re.html if you need them.",
+    "I upgraded React to v18.2.0 and all 42 tests still pass in 3.5 seconds.",
+    "The error comes from os.path.join in utils/helpers.py when the path is empty.",
+    "I renamed getUserById to fetchUser and updated tests/test_users.py.",
+    "Set NODE_ENV=production and run python -m pytest -x tests/ again.",
+    "Coverage went from 81% to 93% after commit 3f2a9c1.",
+    "Send the report to alice.smith@example.com when the build on localhost:8080 is green.",
+    "Both package.json and tsconfig.json need the new path alias.",
+    "Let me check the tests before we commit the change.",  # no span: the wrapper's cost on plain text
+]
+
+
+def bench_spans(folder: Path, runs: int, model: str = "ours-fp32", new_tokens: int = 8) -> None:
+    """Prints the cost of the protected-spans wrapper (see the module docstring)."""
+    import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx)
+    from mlx_stream_tts.spans import ProtectedTranslator, protect, restore
+    from mlx_stream_tts.translate import Translator
+
+    def per_call_us(fn, n: int = 200) -> float:
+        best = float("inf")
+        for _ in range(max(runs, 3)):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - start) / n)
+        return best * 1e6
+
+    tr = Translator.load(folder / model, dtype=None, parallel=THREADS > 1)
+    # Random weights never end a sentence: the repetition guard would decode each one again with beam
+    # search. Off, so that both batches decode exactly new_tokens greedy tokens per sentence.
+    tr.generate = functools.partial(tr.generate, guard=False)
+    tok = tr.tokenizer
+    rows = []
+    for text in SPAN_SENTENCES:
+        masked, spans = protect(text)
+        p_us = per_call_us(functools.partial(protect, text))
+        r_us = per_call_us(functools.partial(restore, masked, spans))
+        rows.append((text, masked, len(spans), p_us, r_us, len(tok.encode_pieces(text)), len(tok.encode_pieces(masked))))
+    wrapped = ProtectedTranslator(tr)
+    texts = list(SPAN_SENTENCES)
+    tr.translate(texts[:2], max_new_tokens=2)  # warm-up: the decoding step is built on first use
+    raw_ms = _best(lambda: tr.translate(texts, max_new_tokens=new_tokens), runs)
+    wrapped_ms = _best(lambda: wrapped.translate(texts, max_new_tokens=new_tokens), runs)
+    load = os.getloadavg()
+    print(f"\nprotected spans, {len(texts)} agent sentences, model {model} (600M shape, random weights), "
+          f"min of {runs} runs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores\n")
+    print("| sentence | spans | protect us | restore us | source tokens raw -> masked |")
+    print("| --- | --- | --- | --- | --- |")
+    for text, masked, n, p_us, r_us, raw_t, masked_t in rows:
+        print(f"| {masked[:60]} | {n} | {p_us:.0f} | {r_us:.0f} | {raw_t} -> {masked_t} |")
+    p_mean = sum(r[3] for r in rows) / len(rows)
+    r_mean = sum(r[4] for r in rows) / len(rows)
+    raw_tokens, masked_tokens = sum(r[5] for r in rows), sum(r[6] for r in rows)
+    print(f"\nmean per sentence: protect {p_mean:.0f} us + restore {r_mean:.0f} us; source tokens "
+          f"{raw_tokens} -> {masked_tokens} ({(masked_tokens - raw_tokens) / raw_tokens:+.0%}, this folder's tokenizer)")
+    print(f"translate the batch, {new_tokens} new tokens each: raw {raw_ms:.0f} ms, wrapped {wrapped_ms:.0f} ms "
+          f"({(wrapped_ms - raw_ms) / raw_ms:+.1%}; wrapper alone {(p_mean + r_mean) * len(rows) / 1000:.1f} ms "
+          f"= {(p_mean + r_mean) * len(rows) / 1000 / raw_ms:.2%} of the raw batch)")
+
+
 def bandwidth_gbs() -> float:
     """This machine's read speed now, 2 threads: the faster of torch's sum over 1 GB and a matrix-vector
     product over 1 GB through the gemv shim (either can be the faster; the bound takes the stricter)."""
@@ -303,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (min is reported)")
     parser.add_argument("--only", nargs="+",
                         help=f"engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PURE, *PEERS])})")
+    parser.add_argument("--spans", action="store_true",
+                        help="measure the protected-spans wrapper instead (protect/restore time, tokens, batch time)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = cache_dir()
+    if args.spans:
+        hf = build_hf(folder)
+        build_ours(folder, hf, "ours-fp32")
+        bench_spans(folder, args.runs)
+        return 0
     if args.child:
         child(args.child, folder, args.runs)
         return 0

@@ -177,7 +177,7 @@ def test_random_garbage_with_mangled_placeholders():
     pieces = ["を", "開いて", "。", "、", " ", "実行", "X", "x", "Ｘ", "エックス", "-", "1", "2", "3", "１", "9"]
     for _ in range(300):
         sentence, _ = rng.choice(WITH_SPANS)
-        masked, spans = protect(sentence)
+        _, spans = protect(sentence)
         parts = [rng.choice(pieces) for _ in range(rng.randint(0, 12))]
         parts += [s.placeholder for s in spans if rng.random() < 0.5] * rng.randint(1, 2)
         rng.shuffle(parts)
@@ -310,3 +310,14 @@ def test_tiny_model_every_span_verbatim_once_and_readable(tiny_translator):
     path = normalize_ja(out[-2])
     assert "スラッシュ" in path and "ドット" in path, path
     assert "ビルド" in normalize_ja(out[-1])
+
+
+def test_wrapper_survives_a_failing_restore(monkeypatch, caplog):
+    from mlx_stream_tts import spans as spans_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(spans_module, "restore", broken)
+    out = ProtectedTranslator(_Fake(lambda t: t.replace("Open", "開く"))).translate(["Open main.py and README."])
+    assert out == ["開く  and . main.py README"] and "restoring failed" in caplog.text
