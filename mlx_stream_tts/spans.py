@@ -330,7 +330,8 @@ def _commands(words: list[_Word], taken: list[tuple[int, int, str]], text: str) 
         w = words[i]
         head = w.core
         nxt = words[i + 1] if i + 1 < len(words) else None
-        strong = head in _TOOLS
+        strong = head in _TOOLS or (w.kind in ("path", "file") and head.startswith(("./", "../", "/")) and nxt is not None
+                                    and nxt.kind == "option" and nxt.start - w.end == 1 and not w.punct)  # ./run.sh -v
         if not strong and head in _WORD_TOOLS and nxt is not None and not w.punct and nxt.start - w.end == 1:
             strong = nxt.kind in ("option", "path", "file") or nxt.core in _WORD_TOOLS[head] or nxt.core in (".", "..")
         if not strong or (i > 0 and words[i - 1].core in ("a", "an", "the")):

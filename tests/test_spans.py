@@ -53,6 +53,12 @@ TABLE = [
     ("I used cargo build --release for the benchmark.", ["cargo build --release"]),
     ("Then cd .. and run make clean.", ["cd ..", "make clean"]),
     ("Press Ctrl+C to stop the server.", ["Ctrl+C"]),
+    ("You can run it with ./scripts/deploy.sh --env staging.", ["./scripts/deploy.sh --env staging"]),
+    ("Try `docker compose up -d` to start the services.", ["`docker compose up -d`"]),
+    ("The webpack.config.js file is missing the alias.", ["webpack.config.js"]),
+    ("Use Array.prototype.map instead of a for loop.", ["Array.prototype.map"]),
+    ("The endpoint /api/v1/users returns 404 for unknown ids.", ["/api/v1/users", "404"]),
+    ("I updated the workflow in .github/workflows/ci.yml.", [".github/workflows/ci.yml"]),
     # urls, e-mail
     ("The docs are at https://docs.python.org/3/library/re.html if you need them.", ["https://docs.python.org/3/library/re.html"]),
     ("Open http://localhost:3000 in your browser.", ["http://localhost:3000"]),
@@ -82,6 +88,8 @@ TABLE = [
     ("Should I also update the documentation?", []),
     ("The \"quick fix\" would hide the real problem.", []),
     ("Let me think about the best way to structure this.", []),
+    ("I'll commit this with the message \"Fix login redirect\".", []),
+    ("I'll use a try/except block around the call; it's a well-known, backward-compatible fix.", []),
 ]
 
 WITH_SPANS = [(s, e) for s, e in TABLE if e]
