@@ -180,6 +180,12 @@ def load_stages(args: argparse.Namespace):
     cache = None
     if translator is not None or voice is not None:
         translator, voice, cache = _with_cache(args, translator, voice)
+    if translator is not None:
+        from .spans import ProtectedTranslator
+
+        # Code, paths, commands, versions... never reach the model: placeholders there, the exact text
+        # back in the Japanese. Outside the cache: its keys are then the masked sentences.
+        translator = ProtectedTranslator(translator)
     return translator, voice, src_lang, tgt_lang, cache
 
 
