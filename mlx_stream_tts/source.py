@@ -193,11 +193,16 @@ def iter_text(stream: BinaryIO, fmt: str = "auto", tools: bool = False) -> Itera
     if fmt == "auto":
         # Peek until the first lines decide (or the input ends): a live pipe is never read to EOF.
         decided, start = None, 0
+        peeked = bytearray()
         for data in pieces:
-            head += data
-            decided, start = detect_format(head)
-            if decided:
-                break
+            peeked += data
+            # Only a new line or the budget can change the answer (a long line in small reads
+            # must not be rescanned for each one).
+            if b"\n" in data or len(peeked) >= DETECT_BYTES:
+                decided, start = detect_format(bytes(peeked))
+                if decided:
+                    break
+        head = bytes(peeked)
         if decided is None:
             decided, start = detect_format(head, final=True)
         fmt = decided
