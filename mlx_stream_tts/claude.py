@@ -166,7 +166,8 @@ def looks_like_stream_json(first_line: str | bytes) -> bool:
     """Tell whether a line is Claude Code stream-json (a JSON object with a string ``type``).
 
     Args:
-        first_line: the first non-blank line of the input.
+        first_line: a complete line of the input (``source.detect_format`` tries the first few, since
+            the first one may be the tail of a cut line).
 
     Returns:
         True if it parses as a JSON object whose ``type`` is a string.

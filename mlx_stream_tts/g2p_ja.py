@@ -20,15 +20,17 @@ import json
 import logging
 import re
 import threading
+import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "JapaneseG2P", "normalize_ja", "phonemize", "split_clauses", "load_vocab", "kana_to_phonemes",
-    "read_int", "read_decimal", "spell_letters", "spell_to_katakana",
+    "read_int", "read_decimal", "spell_letters", "spell_to_katakana", "unsupported_words",
+    "describe_unsupported", "SkipReport",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +208,13 @@ def spell_to_katakana(word: str) -> str:
 
 
 _ID_PIECE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+# A word longer than this that no dictionary knows is read in parts of at most _WORD_PART letters:
+# e2k writes at most 16 kana (a 5,000-letter word came out as 27 phonemes) and the spelling rule
+# reads nonsense runs badly anyway; parts keep the reading as long as the word.
+_LONG_WORD = 20
+_WORD_PART = 10
+# e2k's output cap (C2K(max_len=16)); a reading this long may have been cut.
+_E2K_MAX = 16
 _VOWEL = re.compile(r"[aeiouy]")
 _KATAKANA_WORD = re.compile(r"[\u30a0-\u30ffー]+")
 
@@ -281,6 +290,9 @@ class _WordReader:
         known = self._known(low)
         if known:
             return known
+        if len(p) > _LONG_WORD:  # the spelling rule only: e2k takes ~50 ms a call
+            return " ".join((_VOWEL.search(part) and spell_to_katakana(part)) or spell_letters(part)
+                            for part in _word_parts(low, _WORD_PART))
         for suffix, kana in (("es", "ズ"), ("s", "ズ"), ("ed", "ド"), ("d", "ド")):  # plurals, past tense
             stem = low[: -len(suffix)]
             if low.endswith(suffix) and len(stem) >= 3 and (known := self._known(stem)):
@@ -289,11 +301,147 @@ class _WordReader:
             try:
                 with self._lock:
                     r = self._e2k(low)
-                if r and _KATAKANA_WORD.fullmatch(r):
+                if r and _KATAKANA_WORD.fullmatch(r) and len(r) < _E2K_MAX - 1:
                     return r
             except Exception as e:  # noqa: BLE001
                 logger.debug("e2k failed on %r: %s", low, e)
         return spell_to_katakana(low) or spell_letters(p)
+
+
+def _word_parts(word: str, size: int) -> list[str]:
+    """``word`` cut into parts of at most ``size`` letters, as even as can be (no one-letter tail)."""
+    n = -(-len(word) // size)
+    step, extra = divmod(len(word), n)
+    parts, start = [], 0
+    for i in range(n):
+        end = start + step + (i < extra)
+        parts.append(word[start:end])
+        start = end
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+# Letters the voice cannot read: scripts other than Japanese, Latin and the Greek letters named above
+
+# Latin letters without a decomposition, as the ASCII a reader would say for them.
+_LATIN_FOLD = {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE", "ł": "l",
+               "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i", "ħ": "h"}
+
+
+def _fold_latin(ch: str) -> str:
+    """A Latin letter with diacritics as plain ASCII (é -> e, ệ -> e, ß -> ss); other characters as is."""
+    if ch.isascii() or not unicodedata.name(ch, "").startswith("LATIN"):
+        return ch
+    if ch in _LATIN_FOLD:
+        return _LATIN_FOLD[ch]
+    base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return base if base.isascii() else ch
+
+
+def _script(ch: str) -> str | None:
+    """The script of a letter or digit that the normalizer drops (``"Cyrillic"``), else None."""
+    if ch.isascii() or _KEEP.match(ch) or ch in _GREEK or _fold_latin(ch).isascii():
+        return None
+    head = unicodedata.name(ch, "UNKNOWN").split()[0]
+    return head if len(head) <= 3 else head.title()  # CJK (rare kanji) stays CJK
+
+
+def unsupported_words(text: str) -> dict[str, list[str]]:
+    """The words of ``text`` in scripts that the Japanese voice cannot read, by script.
+
+    A word here is a run of letters and digits of one such script (with their marks): neither
+    Japanese, Latin (with or without diacritics), ASCII digits nor the Greek letters that the
+    normalizer names. :func:`normalize_ja` drops them.
+
+    Args:
+        text: any text, as given to the G2P.
+
+    Returns:
+        Script name (``"Cyrillic"``, ``"Hangul"``, ``"Arabic"``, ``"Devanagari"``, ...) -> its words in
+        order; empty when everything can be read.
+    """
+    if text.isascii():
+        return {}
+    found: dict[str, list[str]] = {}
+    word: list[str] = []
+    script: str | None = None
+    for ch in unicodedata.normalize("NFKC", text) + " ":
+        cat = unicodedata.category(ch)[0]
+        if cat == "M" and word:  # a vowel sign or accent goes with its letter
+            word.append(ch)
+            continue
+        ch_script = _script(ch) if cat in "LN" else None
+        if word and ch_script != script:  # "これはПривет": the word is the Cyrillic run only
+            found.setdefault(script, []).append("".join(word))  # type: ignore[arg-type]
+            word = []
+        if ch_script:
+            word.append(ch)
+        script = ch_script
+    return found
+
+
+_EXAMPLES = 5  # words quoted per script
+_EXAMPLE_CHARS = 24
+
+
+def describe_unsupported(found: Mapping[str, list[str]], counts: Mapping[str, int] | None = None) -> str:
+    """What :func:`unsupported_words` found, in words: ``"2 words in Cyrillic script: Привет, мир"``.
+
+    Args:
+        found: script -> words (the first few are quoted).
+        counts: script -> how many words in all, when more were skipped than ``found`` holds.
+    """
+    parts = []
+    for script, words in found.items():
+        n = counts.get(script, len(words)) if counts else len(words)
+        shown = [w if len(w) <= _EXAMPLE_CHARS else w[:_EXAMPLE_CHARS] + "…" for w in words[:_EXAMPLES]]
+        more = ", ..." if n > len(shown) else ""
+        parts.append(f"{n} word{'' if n == 1 else 's'} in {script} script: {', '.join(shown)}{more}")
+    return "; ".join(parts)
+
+
+class SkipReport:
+    """Logs the words that the voice cannot read, without spamming a long stream.
+
+    A script's first words are logged at once (WARNING); after that at most one line per script per
+    ``interval`` seconds, counting the words skipped in between. Thread-safe.
+
+    Args:
+        interval: seconds between two lines about one script.
+        clock: monotonic time source (tests may replace it).
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, tuple[int, list[str]]] = {}  # script -> (words not yet reported, examples)
+
+    def __call__(self, found: Mapping[str, list[str]]) -> None:
+        """Note what :func:`unsupported_words` found in one text; log it if it is time."""
+        if not found:
+            return
+        now = self.clock()
+        due: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        with self._lock:
+            for script, words in found.items():
+                count, examples = self._held.pop(script, (0, []))
+                count, examples = count + len(words), (examples + words)[:_EXAMPLES]
+                last = self._last.get(script)
+                if last is not None and now - last < self.interval:
+                    self._held[script] = (count, examples)
+                    continue
+                self._last[script] = now
+                due[script], counts[script] = examples, count
+        if due:
+            logger.warning("voice: skipped %s (it reads only Japanese and Latin letters)",
+                           describe_unsupported(due, counts))
+
+
+#: The report that the normalizer feeds: one per process, like the log it writes to.
+skip_report = SkipReport()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +526,7 @@ class _Normalizer:
     def __call__(self, text: str) -> str:
         if not isinstance(text, str):
             raise TypeError(f"normalize_ja expects str, got {type(text).__name__}")
+        skip_report(unsupported_words(text))  # what _finish will drop, said once in the log
         text = self._clean(text)
         if not text:
             return ""
@@ -395,8 +544,8 @@ class _Normalizer:
             cat = unicodedata.category(ch)
             if cat[0] == "C" and ch not in "\n\t":  # controls, format, surrogates, private use
                 continue
-            if cat[0] == "L" and "\u00c0" <= ch <= "\u024f":  # é -> e
-                ch = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            if cat[0] == "L" and not ch.isascii():  # é -> e, ệ -> e, ß -> ss
+                ch = _fold_latin(ch)
             out.append(ch)
         lines = []
         for line in "".join(out).split("\n"):
@@ -640,12 +789,13 @@ def _frontend_pieces(text: str, limit: int = _FRONTEND_MAX) -> list[str]:
         return [text]
     parts: list[str] = []
     for seg in re.split(r"(?<=[。！？、!?])", text):
-        while len(seg) > limit:  # no pause mark for a long stretch: cut at a space, else anywhere
-            cut = seg.rfind(" ", 0, limit)
-            cut = cut if cut > 0 else limit
-            parts.append(seg[:cut])
-            seg = seg[cut:]
-        parts.append(seg)
+        start = 0
+        while len(seg) - start > limit:  # no pause mark for a long stretch: cut at a space, else anywhere
+            cut = seg.rfind(" ", start + 1, start + limit)
+            cut = cut if cut > 0 else start + limit
+            parts.append(seg[start:cut])
+            start = cut  # an index, not a copy of the rest: linear in an unpunctuated run
+        parts.append(seg[start:])
     pieces, cur = [], ""
     for seg in parts:
         if cur and len(cur) + len(seg) > limit:

@@ -627,34 +627,38 @@ def _split_phonemes(phonemes: str, vocab: dict[str, int], limit: int, at: str = 
     def n_ids(s: str) -> int:
         return sum(ch in vocab for ch in s)
 
-    def pack(units: list[str], sep: str) -> list[str]:
-        out: list[str] = []
+    sep = " "
+    sep_ids = n_ids(sep)
+
+    def pack(units: list[str]) -> list[tuple[str, int]]:
+        # Counts are carried along, not recounted: linear in the text (an unpunctuated run is long).
+        out: list[tuple[str, int]] = []
         for u in units:
-            if out and n_ids(out[-1]) + n_ids(sep) + n_ids(u) <= limit:
-                out[-1] = out[-1] + sep + u
+            n = n_ids(u)
+            if out and out[-1][1] + sep_ids + n <= limit:
+                out[-1] = (out[-1][0] + sep + u, out[-1][1] + sep_ids + n)
             else:
-                out.append(u)
+                out.append((u, n))
         return out
 
     pieces: list[str] = []
     clauses = [c.strip() for c in re.split(f"(?<=[{re.escape(at)}])\\s*", phonemes) if c.strip()]
-    for group in pack(clauses, " "):
-        if n_ids(group) <= limit:
+    for group, n in pack(clauses):
+        if n <= limit:
             pieces.append(group)
             continue
         # One clause too long: pack its words; a word too long is cut anywhere.
         words: list[str] = []
         for w in group.split():
-            while n_ids(w) > limit:
-                count = 0
-                for cut, ch in enumerate(w):
-                    count += ch in vocab
-                    if count > limit:
-                        break
-                words.append(w[:cut])
-                w = w[cut:]
-            words.append(w)
-        pieces.extend(pack(words, " "))
+            start, count = 0, 0
+            for i, ch in enumerate(w):
+                if ch in vocab:
+                    if count == limit:
+                        words.append(w[start:i])
+                        start, count = i, 0
+                    count += 1
+            words.append(w[start:])
+        pieces.extend(u for u, _ in pack(words))
     return [p for p in pieces if p]
 
 
