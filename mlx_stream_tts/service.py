@@ -430,7 +430,7 @@ class Service:
     # -- speak requests ----------------------------------------------------------------------------
 
     def _serve_speak(self, request: dict, reader: LineReader, send: Callable[[dict], None], conn: socket.socket) -> None:
-        from .source import iter_text
+        from .source import BinaryInput, iter_text
 
         fmt = request.get("format", "auto")
         if fmt not in ("auto", "stream-json", "text"):
@@ -451,6 +451,11 @@ class Service:
                     if owner.interrupted or self._stopping.is_set():
                         break
                     self.pipeline.feed(piece)
+            except BinaryInput as err:
+                owner.interrupted = True
+                self._cancel_speech()
+                send({"error": f"{err}; use format 'text' to speak it anyway"})
+                return
             except _Cut:
                 owner.interrupted = True
                 logger.info("%s: the client went away mid-stream; its speech is dropped", owner.describe())

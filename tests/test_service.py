@@ -455,3 +455,17 @@ def test_cli_install_hook_uses_this_installation_and_is_idempotent(short_dir):
     settings.write_text("{ not json")
     broken = _cli("install-hook", "--settings", str(settings))
     assert broken.returncode == 1 and b"Traceback" not in broken.stderr and settings.read_text() == "{ not json"
+
+
+def test_binary_input_is_refused_with_a_clear_error(short_dir):
+    path = short_dir / "s.sock"
+    stages = Stages()
+    svc, loader = start(path, stages)
+    loader.join(10)
+    try:
+        answer = client.speak(path, io.BytesIO(b"\x00\x01\x02binary" * 1000), fmt="auto")
+        assert "looks binary" in answer["error"]
+        assert stages.sink.ids() == []
+        assert speak(path, "Sentence 3 still works.")["sentences"] == 1
+    finally:
+        svc.close()
