@@ -157,6 +157,8 @@ class WavSink:
                 fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 continue
+            except OSError as err:  # named after the target: the temporary name means nothing to the user
+                raise OSError(err.errno, err.strerror, self.path) from None
             return part, io.FileIO(fd, "wb")  # unbuffered: a failed write leaves nothing pending in Python
         raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", self.path)
 
