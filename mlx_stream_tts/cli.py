@@ -723,6 +723,11 @@ def build_parser(convert_commands: bool = True) -> argparse.ArgumentParser:
         "speak",
         help="speak Claude Code stream-json or plain text from a file or stdin, as it arrives",
         formatter_class=fmt,
+        epilog="exit status: 0 when everything was spoken or written, or when the reader of the output left "
+               "(`| head`); 1 when a sentence could not be spoken or written (the count is printed), a model "
+               "could not be loaded, or the output failed (a full disk: a --out WAV keeps its whole sentences, "
+               "or is not written); 2 for bad usage; 128+N on signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: "
+               "the run stops at once, a second signal leaves without cleaning up).",
     )
     speak.add_argument("input", nargs="?", default="-", help="input file, or - for stdin")
     speak.add_argument("--format", choices=["auto", "stream-json", "text"], default="auto", help="input format")

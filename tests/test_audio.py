@@ -13,6 +13,7 @@ import threading
 import time
 import types
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,7 +181,7 @@ def full_disk(monkeypatch, room: int) -> list[FullDisk]:
 
 
 def wav_is_valid(path) -> bool:
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     riff, data = int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[40:44], "little")
     return raw[:4] == b"RIFF" and riff == len(raw) - 8 and data == len(raw) - 44
 

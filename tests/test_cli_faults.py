@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import wave
