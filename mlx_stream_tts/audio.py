@@ -7,8 +7,11 @@ pipeline keeps writing to it after a ``cancel()``. Only ``close`` releases the d
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
+import secrets
 import struct
 import sys
 import threading
@@ -109,25 +112,58 @@ class NullSink:
 
 
 class WavSink:
-    """16-bit PCM mono WAV, written as audio arrives.
+    """16-bit PCM mono WAV, written to a temporary file beside the target and renamed over it by ``close``.
 
-    The header's sizes are rewritten after every write, so a process that dies mid-stream leaves a
-    valid file holding everything written so far. The file is created at construction so that a bad
-    path fails before any model is loaded.
+    The target therefore either does not exist or holds a complete, valid WAV. The temporary file
+    (``.NAME.XXXXXXXX.part``) is valid after every write too (its header is rewritten each time), so
+    a process killed mid-stream leaves audio that can be recovered by hand.
+
+    When a write fails (a full disk), the file is cut back to the audio before that chunk,
+    :attr:`error` keeps the error and every later ``write`` raises it again: the audio cannot go
+    anywhere. :meth:`checkpoint` marks where a whole unit of audio (a sentence) ends: a failed or
+    cut-short file is then cut back to the last mark. ``close`` keeps what is complete, or removes the
+    temporary file when nothing is; :attr:`kept_seconds` says which.
+
+    The temporary file is created at construction so that a bad path fails before any model loads.
+
+    Raises:
+        OSError: when the temporary file cannot be created (no such folder, no permission, a folder
+            at the target's path).
     """
 
     _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+    _LIMIT = 0xFFFFFFFF - 36  # the most data bytes a WAV header can state
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.path)
+        self.part_path, self._file = self._create_part()
         self.sample_rate: int | None = None
-        self._data_bytes = 0
+        self.error: OSError | None = None  # the first write or finishing error
+        self.kept_seconds: float | None = None  # after close: seconds of audio at ``path``; None: no file
+        self.checkpoints = 0  # marks that closed some audio: the whole units in the file
+        self._data_bytes = 0  # audio bytes in the file, all of them written and stated in its header
+        self._mark: int | None = None  # audio bytes at the last checkpoint() (None: never called)
         self._lock = threading.Lock()
         self._warned_size = False
 
+    def _create_part(self) -> tuple[str, BinaryIO]:
+        """The temporary file beside the target, mode 0666 less the umask (as ``open`` would make it)."""
+        folder, name = os.path.split(os.path.abspath(self.path))
+        for _ in range(100):
+            part = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+            try:
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as err:  # named after the target: the temporary name means nothing to the user
+                raise OSError(err.errno, err.strerror, self.path) from None
+            return part, io.FileIO(fd, "wb")  # unbuffered: a failed write leaves nothing pending in Python
+        raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", self.path)
+
     def open(self, sample_rate: int) -> None:
-        """Write the header for ``sample_rate``.
+        """Take the sample rate (nothing is written yet: the header goes out with the first audio).
 
         Raises:
             RuntimeError: when the sink is closed or already opened at another rate.
@@ -140,57 +176,132 @@ class WavSink:
                     raise RuntimeError(f"WavSink already opened at {self.sample_rate} Hz, not {sample_rate} Hz")
                 return
             self.sample_rate = int(sample_rate)
-            self._write_header()
-
-    def _write_header(self) -> None:
-        assert self._file is not None and self.sample_rate is not None
-        limit = 0xFFFFFFFF - 36
-        data = self._data_bytes
-        if data > limit:
-            if not self._warned_size:
-                logger.warning("%s: more than 4 GiB of audio; the WAV header cannot say so", self.path)
-                self._warned_size = True
-            data = limit
-        header = self._HEADER.pack(
-            b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1,
-            self.sample_rate, self.sample_rate * 2, 2, 16, b"data", data,
-        )
-        self._file.seek(0)
-        self._file.write(header)
-        self._file.seek(0, os.SEEK_END)
 
     def write(self, audio: np.ndarray) -> None:
         """Append a chunk (clipped to [-1, 1]) and update the header.
 
         Raises:
             RuntimeError: when called before ``open`` or after ``close``.
+            OSError: when the file cannot take the chunk (a full disk): the file is cut back to the
+                audio before it, and every later write raises the same error.
         """
         pcm = to_int16(audio).astype("<i2", copy=False)
         with self._lock:
             if self._file is None or self.sample_rate is None:
                 raise RuntimeError("WavSink.write() needs open() first (and not after close())")
+            if self.error is not None:
+                raise self.error.with_traceback(None)  # the same error (the caller may know it), not a growing traceback
             if pcm.size == 0:
                 return
-            self._file.write(pcm.tobytes())
-            self._data_bytes += pcm.size * 2
-            self._write_header()
-            self._file.flush()
+            data = pcm.tobytes()
+            try:
+                if self._data_bytes == 0:  # the first audio: header and data in one go
+                    _write_at(self._file, 0, self._header(len(data)) + data)
+                else:
+                    _write_at(self._file, 44 + self._data_bytes, data)
+                    _write_at(self._file, 0, self._header(self._data_bytes + len(data)))
+            except OSError as err:
+                self.error = err
+                self._cut_back()
+                raise
+            self._data_bytes += len(data)
 
-    def close(self) -> None:
-        """Finish the file (an unopened sink leaves an empty WAV at 24 kHz). Idempotent."""
+    def checkpoint(self) -> None:
+        """Mark the audio written so far as whole (a sentence ends here): a file that fails later, or
+        that ``close(complete_only=True)`` cuts short, is cut back to the last mark."""
         with self._lock:
-            if self._file is None:
+            if self.error is None and self._file is not None:
+                if self._data_bytes > (self._mark or 0):
+                    self.checkpoints += 1
+                self._mark = self._data_bytes
+
+    def close(self, complete_only: bool = False) -> None:
+        """Finish the file and rename it to ``path``. Idempotent.
+
+        An unopened sink leaves an empty WAV at 24 kHz. After a write error, or with ``complete_only``
+        (the run was cut short), only the audio up to the last checkpoint is kept, and no file at all
+        when that is nothing.
+
+        Raises:
+            OSError: when finishing or renaming the file fails; no file is left then, at ``path`` or
+                beside it.
+        """
+        with self._lock:
+            file, self._file = self._file, None
+            if file is None:
+                return
+            cut_short = self.error is not None or complete_only
+            keep = self._data_bytes
+            if cut_short and self._mark is not None:
+                keep = min(keep, self._mark)
+            if cut_short and keep == 0:
+                self._discard(file)
                 return
             if self.sample_rate is None:
                 self.sample_rate = SAMPLE_RATE
             try:
-                self._write_header()
-            finally:
-                self._file.close()
-                self._file = None
+                if keep != self._data_bytes:
+                    file.truncate(44 + keep)
+                    self._data_bytes = keep
+                _write_at(file, 0, self._header(keep))
+                os.fsync(file.fileno())  # the audio is on disk before the name points at it
+                file.close()
+                os.replace(self.part_path, self.path)
+            except OSError as err:
+                self._discard(file)
+                self.error = self.error or err
+                raise
+            self.kept_seconds = keep / 2 / self.sample_rate
 
     def abort(self) -> None:
         """Nothing is pending: what was written stays in the file."""
+
+    # -- internals (self._lock held) ---------------------------------------------------------------
+
+    def _header(self, data: int) -> bytes:
+        assert self.sample_rate is not None
+        if data > self._LIMIT:
+            if not self._warned_size:
+                logger.warning("%s: more than 4 GiB of audio; the WAV header cannot say so", self.path)
+                self._warned_size = True
+            data = self._LIMIT
+        return self._HEADER.pack(
+            b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1,
+            self.sample_rate, self.sample_rate * 2, 2, 16, b"data", data,
+        )
+
+    def _cut_back(self) -> None:
+        """After a failed write: back to the audio written before it, with a header that says so; an
+        empty file (nothing kept) when even that fails, since a file that is not valid is not kept."""
+        assert self._file is not None
+        try:
+            self._file.truncate(44 + self._data_bytes if self._data_bytes else 0)
+            if self._data_bytes:
+                _write_at(self._file, 0, self._header(self._data_bytes))
+        except OSError:
+            self._data_bytes, self._mark, self.checkpoints = 0, 0, 0
+            try:
+                self._file.truncate(0)
+            except OSError:
+                pass
+
+    def _discard(self, file: BinaryIO) -> None:
+        for step in (file.close, lambda: os.unlink(self.part_path)):
+            try:
+                step()
+            except OSError:
+                pass
+
+
+def _write_at(file: BinaryIO, offset: int, data: bytes) -> None:
+    """Write all of ``data`` at ``offset`` (a raw file may take part of it: the last bytes of a full disk)."""
+    file.seek(offset)
+    view = memoryview(data)
+    while view:
+        n = file.write(view)
+        if not n:
+            raise OSError(errno.EIO, "the file took no more bytes")
+        view = view[n:]
 
 
 def quiet_stdout() -> None:

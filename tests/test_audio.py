@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 import types
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +89,7 @@ def test_wav_round_trip_values_clipping_length(tmp_path):
     assert os.path.getsize(path) == 44 + 2 * want.size
 
 
-def test_wav_header_is_valid_after_every_write_even_if_the_process_dies(tmp_path):
+def test_wav_killed_mid_stream_leaves_no_target_and_a_valid_part_file(tmp_path):
     path = tmp_path / "crash.wav"
     script = f"""
         import os, numpy as np
@@ -95,13 +97,178 @@ def test_wav_header_is_valid_after_every_write_even_if_the_process_dies(tmp_path
         from mlx_stream_tts.audio import WavSink
         s = WavSink({str(path)!r}); s.open(16000)
         s.write(np.full(100, 0.25, np.float32)); s.write(np.full(50, -0.5, np.float32))
+        print(s.part_path, flush=True)
         os._exit(3)  # no close(), no interpreter cleanup
     """
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], timeout=60)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], timeout=60, capture_output=True)
     assert proc.returncode == 3
-    params, data = read_wav(path)
+    assert not path.exists()  # the target is complete or absent
+    part = proc.stdout.decode().strip()
+    assert os.path.dirname(part) == str(tmp_path) and os.path.basename(part).startswith(".crash.wav.")
+    params, data = read_wav(part)  # what was written can be recovered: the header matches the data
     assert params.framerate == 16000 and params.nframes == 150
     assert data[:100].tolist() == [8192] * 100 and data[100:].tolist() == [-16384] * 50
+
+
+def test_wav_appears_only_at_close_and_replaces_an_old_file(tmp_path):
+    path = tmp_path / "out.wav"
+    path.write_bytes(b"old")
+    sink = WavSink(path)
+    sink.open(RATE)
+    sink.write(np.full(10, 0.5, np.float32))
+    assert path.read_bytes() == b"old"
+    sink.close()
+    assert read_wav(path)[1].tolist() == [16384] * 10 and sink.kept_seconds == 10 / RATE
+    assert os.listdir(tmp_path) == ["out.wav"]  # no temporary file left beside it
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes: a write that would grow it further writes what fits and
+    returns the count, and the next one raises ENOSPC, as write(2) does."""
+
+    def __init__(self, real: io.FileIO, room: int) -> None:
+        self.real, self.room, self.failures = real, room, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        pos = self.real.tell()
+        size = os.fstat(self.real.fileno()).st_size
+        fits = max(max(size, self.room) - pos, 0)
+        if not fits:
+            self.failures += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real.write(data[:fits])
+
+    def seek(self, offset, whence=0):
+        return self.real.seek(offset, whence)
+
+    def tell(self):
+        return self.real.tell()
+
+    def truncate(self, size=None):
+        return self.real.truncate(size)
+
+    def fileno(self):
+        return self.real.fileno()
+
+    def close(self):
+        self.real.close()
+        super().close()
+
+
+def full_disk(monkeypatch, room: int) -> list[FullDisk]:
+    """Make every new WavSink write to a disk with ``room`` bytes; returns the fake files made."""
+    made: list[FullDisk] = []
+    create = WavSink._create_part
+
+    def create_part(self):
+        part, real = create(self)
+        made.append(FullDisk(real, room))
+        return part, made[-1]
+
+    monkeypatch.setattr(WavSink, "_create_part", create_part)
+    return made
+
+
+def wav_is_valid(path) -> bool:
+    raw = Path(path).read_bytes()
+    riff, data = int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[40:44], "little")
+    return raw[:4] == b"RIFF" and riff == len(raw) - 8 and data == len(raw) - 44
+
+
+def test_wav_full_disk_mid_chunk_cuts_back_to_the_last_checkpoint(tmp_path, monkeypatch):
+    fakes = full_disk(monkeypatch, room=44 + 2 * 250)
+    path = tmp_path / "out.wav"
+    sink = WavSink(path)
+    sink.checkpoint()  # nothing whole yet
+    sink.open(RATE)
+    sink.write(np.full(100, 0.25, np.float32))
+    sink.checkpoint()  # sentence 1 ends
+    sink.write(np.full(100, 0.5, np.float32))
+    with pytest.raises(OSError) as first:
+        sink.write(np.full(100, -0.5, np.float32))  # half of it fits, then the disk is full
+    assert first.value.errno == errno.ENOSPC and sink.error is first.value
+    with pytest.raises(OSError) as again:
+        sink.write(np.full(10, 0.1, np.float32))  # the audio cannot go anywhere now
+    assert again.value is first.value
+    assert wav_is_valid(sink.part_path)  # already cut back to the last whole chunk
+    assert read_wav(sink.part_path)[0].nframes == 200
+    sink.checkpoint()  # ignored after the failure
+    sink.close()
+    assert wav_is_valid(path)
+    assert read_wav(path)[1].tolist() == [8192] * 100  # sentence 1 only
+    assert sink.kept_seconds == 100 / RATE and sink.checkpoints == 1
+    assert os.listdir(tmp_path) == ["out.wav"]
+    assert fakes[0].failures == 1  # later writes raise without touching the disk
+
+
+def test_wav_full_disk_before_anything_whole_leaves_no_file(tmp_path, monkeypatch):
+    for room in (0, 10, 44, 44 + 2 * 30):
+        full_disk(monkeypatch, room)
+        path = tmp_path / f"out{room}.wav"
+        sink = WavSink(path)
+        sink.checkpoint()
+        sink.open(RATE)
+        with pytest.raises(OSError, match="No space"):
+            for _ in range(10):
+                sink.write(np.full(20, 0.25, np.float32))
+        sink.close()
+        assert sink.kept_seconds is None and not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_wav_without_checkpoints_keeps_every_whole_chunk(tmp_path, monkeypatch):
+    full_disk(monkeypatch, room=44 + 2 * 250)
+    sink = WavSink(tmp_path / "out.wav")
+    sink.open(RATE)
+    sink.write(np.full(100, 0.25, np.float32))
+    sink.write(np.full(100, 0.5, np.float32))
+    with pytest.raises(OSError):
+        sink.write(np.full(100, 0.5, np.float32))
+    sink.close()
+    assert wav_is_valid(tmp_path / "out.wav") and sink.kept_seconds == 200 / RATE
+
+
+def test_wav_cut_short_keeps_whole_sentences_only(tmp_path):
+    sink = WavSink(tmp_path / "out.wav")
+    sink.checkpoint()
+    sink.open(RATE)
+    sink.write(np.full(100, 0.25, np.float32))
+    sink.checkpoint()
+    sink.write(np.full(60, 0.5, np.float32))  # interrupted mid-sentence
+    sink.close(complete_only=True)
+    assert read_wav(tmp_path / "out.wav")[1].tolist() == [8192] * 100
+    other = WavSink(tmp_path / "none.wav")
+    other.checkpoint()
+    other.open(RATE)
+    other.write(np.full(60, 0.5, np.float32))
+    other.close(complete_only=True)
+    assert other.kept_seconds is None and sorted(os.listdir(tmp_path)) == ["out.wav"]
+
+
+def test_wav_failing_to_finish_leaves_nothing(tmp_path, monkeypatch):
+    sink = WavSink(tmp_path / "out.wav")
+    sink.open(RATE)
+    sink.write(np.full(10, 0.5, np.float32))
+
+    def no_sync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audio.os, "fsync", no_sync)
+    with pytest.raises(OSError, match="Input/output"):
+        sink.close()
+    assert sink.kept_seconds is None and os.listdir(tmp_path) == []
+    sink.close()  # idempotent
 
 
 def test_wav_misuse(tmp_path):
@@ -113,6 +280,8 @@ def test_wav_misuse(tmp_path):
     assert params.framerate == RATE and data.size == 0
     with pytest.raises(OSError):
         WavSink(tmp_path / "no" / "such" / "dir.wav")
+    with pytest.raises(IsADirectoryError):
+        WavSink(tmp_path)
 
 
 def test_pcm_bytes_little_endian_and_clipped():

@@ -200,6 +200,28 @@ def test_failed_sentences_give_a_nonzero_exit_and_a_count(tmp_path, monkeypatch,
     assert len(failures) == 1, [r.getMessage() for r in failures]  # logged once, not twice
     text.write_text("All of these are fine. Really fine.\n")
     assert main(["speak", str(text), "--to", "none", "--lang", "en", "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_every_sentence_failing_leaves_no_wav_and_a_nonzero_exit(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from fakes import FakeVoice
+
+    from mlx_stream_tts import voice as voice_module
+
+    # Weights that load but make the voice raise on every sentence.
+    monkeypatch.setattr(voice_module.Voice, "load", classmethod(lambda cls, *a, **k: FakeVoice(fail_on="")))
+    text = tmp_path / "in.txt"
+    out = tmp_path / "out.wav"
+    text.write_text("One. Two. Three.\n")
+    with caplog.at_level(logging.WARNING):
+        code = main(["speak", str(text), "--to", "none", "--lang", "en", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"3 of 3 sentences could not be spoken (see the errors above); no file written at {out}" in err
+    assert len([r for r in caplog.records if "cannot voice" in r.getMessage()]) == 3  # each once
+    assert os.listdir(tmp_path) == ["in.txt"]  # no empty WAV, no temporary file
 
 
 def _read_then_close(args: list[str], stdin: bytes, nbytes: int | None = None) -> tuple[int, bytes, bytes, float]:
