@@ -20,7 +20,7 @@ except ImportError:  # the property tests skip themselves without hypothesis
 else:
     _COMMON = dict(deadline=None, database=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.register_profile("ci", max_examples=40, **_COMMON)
+    settings.register_profile("ci", max_examples=60, **_COMMON)
     settings.register_profile("nightly", max_examples=10_000, **_COMMON)
     settings.load_profile("ci")
 
