@@ -70,9 +70,10 @@ def test_100_clients_with_malformed_and_vanishing_ones_are_all_answered_or_refus
     # Every refusal was a malformed request, and said why.
     assert all(key.startswith("malformed:") for key in report.refusals), report.refusals
     assert report.sentences_spoken >= report.sentences_sent > 0
-    # The service gave back every client thread and socket, held its memory, and stopped cleanly.
-    assert report.end["threads"] == report.start["threads"], (report.start, report.end)
-    assert report.end["fds"] == report.start["fds"], (report.start, report.end)
+    # The service gave back every client thread and socket, held its memory, and stopped cleanly
+    # (at most as many as at the start: its one-shot spool timer may still have been alive then).
+    assert report.end["threads"] <= report.start["threads"], (report.start, report.end)
+    assert report.end["fds"] <= report.start["fds"], (report.start, report.end)
     assert report.peak["threads"] > report.start["threads"]  # the load reached it
     assert report.peak["rss_mb"] - report.start["rss_mb"] < 100, (report.start, report.peak)
     assert report.service_exit == 0 and report.service_exceptions == 0
