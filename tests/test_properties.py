@@ -30,7 +30,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
-from mlx_stream_tts import claude  # noqa: E402
+from mlx_stream_tts import chunking, claude  # noqa: E402
 from mlx_stream_tts.chunking import SentenceChunker, is_code_block, speakable  # noqa: E402
 from mlx_stream_tts.claude import CUE_NO_RESULT, StreamJsonReader  # noqa: E402
 from mlx_stream_tts.source import iter_text  # noqa: E402
@@ -434,10 +434,23 @@ def test_chunks_are_the_input_itself_stripped_and_capped(text, lang, max_chars):
         found = text.find(c, pos)  # each chunk is a slice of the input, after the one before
         assert found >= 0, (c, text)
         pos = found + len(c)
-        if is_code_block(c):
-            continue  # code blocks are never split
-        assert c == c.strip(), c
-        assert len(c) <= 3 * max_chars, (len(c), c[:80])
+        assert c == c.rstrip(), c
+        if is_code_block(c) or c[0].isspace():
+            continue  # code blocks are never split, and an indented one keeps its indentation
+        assert c == c.lstrip(), c
+        # The cap cuts a run without spaces at 3 x max_chars, once the punctuation being looked
+        # at (up to _SCAN_LIMIT characters: "!!!!", "...") is passed.
+        assert len(c) <= 3 * max_chars + chunking._SCAN_LIMIT, (len(c), c[:80])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="chunking.py: the chunker counts a tab as 4 columns, so ' \\t' opens an indented code "
+                          "block, but is_code_block() wants 4 spaces or a tab first; the block is read aloud as text")
+def test_every_indented_chunk_is_recognised_as_code():
+    chunks = chunk(" \tresult = compute(a, b); store(result)\n")
+    assert chunks == [" \tresult = compute(a, b); store(result)"]  # kept indented: the chunker took it as code
+    assert is_code_block(chunks[0])
+    assert speakable(chunks[0]) == "code block"
 
 
 @given(chunk_text, chunk_text, st.sampled_from(["en", "ja"]))
@@ -453,6 +466,12 @@ def test_speakable_returns_clean_text_for_anything(text, lang, code):
     assert isinstance(said, str)
     assert said == said.strip() and "  " not in said
     assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in said), repr(said)
+
+
+def test_a_one_line_code_block_read_aloud_has_its_whitespace_collapsed():
+    # Found by test_speakable_returns_clean_text_for_anything: "\tHello\tHello" was said with its tab.
+    assert speakable("\tnpm\t  test") == "npm test"
+    assert speakable("```\nmake   all\n```") == "make all"
 
 
 def test_chunker_refuses_non_text_clearly():
