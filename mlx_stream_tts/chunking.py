@@ -1220,7 +1220,7 @@ def _code_text(block: str, lang: str, code: str) -> str:
         # A one-line block of a few words (a command's output, a file name) is read, not cued.
         body = _code_body(block).strip()
         if "\n" not in body and _readable_code(body):
-            return body
+            return " ".join(body.split())
         return code_cue(lang)
     if code == "skip":
         return ""
