@@ -154,7 +154,6 @@ class Report:
     service_exceptions: int = 0
     service_exit: int | None = None
     load_average: tuple = ()
-    retry_connect: bool = False
     wall_s: float = 0.0
 
 
@@ -282,41 +281,9 @@ def _wait_settled(proc: Proc, want: dict, timeout: float) -> dict:
         time.sleep(0.05)
 
 
-class RetryConnect:
-    """While active, ``protocol.connect`` retries a connect that a full listen backlog turned away
-    (EAGAIN), for up to its timeout: what the clients would do once that is fixed (see BACKLOG_FULL)."""
-
-    def __enter__(self) -> None:
-        self.original = original = protocol.connect
-
-        def connect(address, timeout=2.0):
-            give_up = time.monotonic() + (timeout or 2.0)
-            while True:
-                try:
-                    return original(address, timeout=timeout)
-                except BlockingIOError:
-                    if time.monotonic() > give_up:
-                        raise
-                    time.sleep(0.002)
-
-        protocol.connect = connect
-
-    def __exit__(self, *exc) -> None:
-        protocol.connect = self.original
-
-
 def run(clients: int = 100, seconds: float = 60.0, seed: int = 1, grace: float = 30.0,
-        mix: dict[str, int] | None = None, sample_every: float = 0.1, retry_connect: bool = False) -> Report:
-    """Start a service, load it with ``clients`` clients for ``seconds``, stop it; the figures.
-
-    With ``retry_connect`` the clients retry a connect turned away by a full backlog instead of
-    failing at once (today's client fails: each such failure is an error).
-    """
-    if retry_connect:
-        with RetryConnect():
-            report = run(clients, seconds, seed, grace, mix, sample_every, retry_connect=False)
-        report.retry_connect = True
-        return report
+        mix: dict[str, int] | None = None, sample_every: float = 0.1) -> Report:
+    """Start a service, load it with ``clients`` clients for ``seconds``, stop it; the figures."""
     folder = Path(tempfile.mkdtemp(prefix="svcload", dir="/tmp"))  # short: a Unix socket path is <= 104 bytes
     path = folder / "s.sock"
     log_path = folder / "service.log"
@@ -411,7 +378,7 @@ def print_report(report: Report, out=sys.stdout) -> None:
     r = report
     lines = [
         f"service load: {r.clients} clients for {r.seconds:g} s"
-        f"{', connects retried on EAGAIN' if r.retry_connect else ''} (load average at start "
+        f" (load average at start "
         f"{', '.join(f'{x:.2f}' for x in r.load_average)}; {os.cpu_count()} CPUs; wall {r.wall_s} s)",
         f"requests:  {r.requests}  ({', '.join(f'{k} {v}' for k, v in sorted(r.by_kind.items()))})",
         f"answered:  {r.answered}",
@@ -443,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds after the end before a request still running counts as hung")
-    parser.add_argument("--retry-connect", action="store_true",
-                        help="clients retry a connect turned away by a full listen backlog (not what today's client does)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
@@ -452,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.serve)
     if not 1 <= args.clients <= 500 or not 0 < args.seconds <= 3600:
         parser.error("1..500 clients, 0..3600 seconds")
-    report = run(args.clients, args.seconds, args.seed, args.grace, retry_connect=args.retry_connect)
+    report = run(args.clients, args.seconds, args.seed, args.grace)
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1))

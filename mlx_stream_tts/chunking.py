@@ -354,7 +354,7 @@ class SentenceChunker:
                 return "blank", q, indent
             if not ch.isspace():
                 break
-            indent += 4 if ch == "\t" else 1 if ch == " " else 0
+            indent += 4 if ch == "\t" else 1 if ch == " " else 0  # as _indent_width (is_code_block)
             q += 1
             if q - p > _SCAN_LIMIT:
                 return "text", q, indent
@@ -1095,7 +1095,17 @@ def is_code_block(chunk: str) -> bool:
     if m is not None:
         return not (m.group(1)[0] == "`" and "`" in m.group(2))
     lines = [line for line in text.split("\n") if line.strip()]
-    return bool(lines) and all(line.startswith(("    ", "\t")) for line in lines)
+    return bool(lines) and all(_indent_width(line) >= 4 for line in lines)
+
+
+def _indent_width(line: str) -> int:
+    """Columns of leading indentation as the chunker counts them (a tab 4, a space 1, other spaces 0)."""
+    width = 0
+    for ch in line:
+        if not ch.isspace():
+            break
+        width += 4 if ch == "\t" else 1 if ch == " " else 0
+    return width
 
 
 def _code_body(chunk: str) -> str:

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 #: The environment variable that names another socket path (``--socket`` wins over it).
@@ -106,18 +107,29 @@ def parse_address(text: str) -> tuple[str, int] | None:
 
 
 def connect(address: Path | tuple[str, int], timeout: float | None = 2.0) -> socket.socket:
-    """Connect to a service; raises OSError (ConnectionRefusedError, FileNotFoundError) when none answers."""
+    """Connect to a service; raises OSError (ConnectionRefusedError, FileNotFoundError) when none answers.
+
+    A Unix socket whose listen backlog is full turns a connect away at once (EAGAIN) rather than
+    making it wait, as TCP does: under a burst of clients (hooks of parallel sessions) that is retried
+    until ``timeout``, not taken for an absent service.
+    """
     if isinstance(address, tuple):
-        sock = socket.create_connection(address, timeout=timeout)
-    else:
+        return socket.create_connection(address, timeout=timeout)
+    give_up = time.monotonic() + (timeout if timeout is not None else 2.0)
+    while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(os.fspath(address))
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.002)
         except BaseException:
             sock.close()
             raise
-    return sock
 
 
 def send_json(sock: socket.socket, obj: dict) -> None:

@@ -213,7 +213,7 @@ class Service:
             os.chmod(path, 0o600)
             os.ftruncate(self._lock_fd, 0)
             os.write(self._lock_fd, f"{os.getpid()}\n".encode())
-        sock.listen(16)
+        sock.listen(socket.SOMAXCONN)
         self._listener = sock
         self._start_thread(self._accept_loop, "accept")
         self._start_thread(self._hook_loop, "hooks")
