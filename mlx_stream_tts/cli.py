@@ -20,7 +20,7 @@ from typing import BinaryIO, NoReturn
 
 logger = logging.getLogger("mlx_stream_tts")
 
-from .source import iter_text, read_pieces  # noqa: E402,F401  (iter_text: also this module's public name)
+from .source import BinaryInput, iter_text, read_pieces  # noqa: E402,F401  (iter_text: also this module's public name)
 
 def _open_input(path: str) -> BinaryIO:
     if path == "-":
@@ -53,6 +53,9 @@ def _speak(args: argparse.Namespace) -> int:
                 _print_speakable(out, speakable(sentence, lang, code=args.code))
         except BrokenPipeError:  # the reader has gone (`| head`): stop, as Unix tools do
             _quiet(sys.stdout)
+        except BinaryInput as err:
+            _say(_binary_message(err))
+            return 2
         return 0
     return _speak_locally(args, pieces, _run)
 
@@ -123,8 +126,11 @@ def _speak_locally(args: argparse.Namespace, pieces, run: _Run) -> int:
     try:
         pipeline.warm()  # before the first text arrives: its first sentence pays no start-up cost
         logger.info("ready")
-        for piece in pieces:
-            pipeline.feed(piece)
+        try:
+            for piece in pieces:
+                pipeline.feed(piece)
+        except BinaryInput as err:  # found in the first KB: whatever was fed before is dropped too
+            run.end(2, _binary_message(err))
         # Off the main thread: close() waits for the last audio and the model call in flight, and a
         # signal must find the main thread in a short wait, not inside close().
         _in_background(pipeline.close, name="close")
@@ -494,6 +500,10 @@ def pipeline_options(args: argparse.Namespace) -> dict:
 def _print_speakable(out, text: str) -> None:
     if text:
         print(text, file=out, flush=True)
+
+
+def _binary_message(err: BinaryInput) -> str:
+    return f"mlx-stream-tts: {err}; use --format text to speak it anyway"
 
 
 def _speak_to_server(args: argparse.Namespace) -> int:

@@ -383,3 +383,18 @@ def test_bad_output_path_is_one_line():
     assert code == 1 and err.startswith("mlx-stream-tts: ") and "No such file or directory" in err, err
     assert len(err.strip().splitlines()) == 1
     clean(err)
+
+
+def test_binary_input_is_refused_with_exit_2_unless_format_text(tmp_path):
+    import random
+
+    junk = random.Random(0).randbytes(100_000)
+    for extra in (["--dry-run"], ["--to", "none", "--no-voice", "--text"]):
+        result = subprocess.run([sys.executable, "-m", "mlx_stream_tts", "speak", "-", *extra], input=junk,
+                                capture_output=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 2, (extra, result.stderr[-500:])
+        assert b"input looks binary" in result.stderr and b"--format text" in result.stderr
+        assert b"Traceback" not in result.stderr and result.stdout == b""
+    ok = subprocess.run([sys.executable, "-m", "mlx_stream_tts", "speak", "-", "--dry-run", "--format", "text"],
+                        input=junk, capture_output=True, timeout=120, cwd=ROOT)
+    assert ok.returncode == 0 and b"Traceback" not in ok.stderr
