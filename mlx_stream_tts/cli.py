@@ -577,7 +577,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     service = Service(address, load, hooks=not args.no_hooks)
     try:
-        return service.serve()
+        code = service.serve()
+        if service.abandoned_load:  # stopped during the load: do not wait for it (nor tear MLX down under it)
+            _exit_now(code)
+        return code
     except AlreadyRunning as err:
         raise SystemExit(f"mlx-stream-tts: {err}") from None
     except (ValueError, PermissionError) as err:
@@ -588,7 +591,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_pipeline(args: argparse.Namespace, on_event):
     """The service's pipeline and a description of it (for `status`); raises on failure."""
-    from .audio import open_sink
+    from .audio import WavSink, open_sink
     from .pipeline import Pipeline
 
     try:
@@ -599,6 +602,8 @@ def _serve_pipeline(args: argparse.Namespace, on_event):
     subtitle_out = sys.stderr if args.pcm else sys.stdout
 
     def events(event) -> None:
+        if event.stage == "done" and isinstance(sink, WavSink):
+            sink.checkpoint()  # a WAV cut short (full disk, a stop) keeps whole sentences only
         if args.text and event.stage == ("first_audio" if voice is not None else "done"):
             try:
                 print(event.text, file=subtitle_out, flush=True)

@@ -174,6 +174,7 @@ class Service:
         self._hook_gens: dict[str, int] = {}  # per session: bumped by each new prompt
         self.served = 0
         self.cache: Any = None  # a PhraseCache, for its numbers in `status`
+        self.abandoned_load = False  # serve() stopped while the models were loading
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -227,7 +228,12 @@ class Service:
         self.state = "loading"
         started = time.perf_counter()
         try:
-            self.pipeline, self.loaded = self._load(self._on_event)
+            pipeline, self.loaded = self._load(self._on_event)
+            if self._stopping.is_set():  # stopped while loading: close() has run already
+                pipeline.cancel()
+                pipeline.close()
+                return False
+            self.pipeline = pipeline
             if self._use_hooks:
                 from .hooks import HookSessions
 
@@ -316,21 +322,35 @@ class Service:
         logger.info("stopped")
 
     def serve(self) -> int:
-        """open(), load(), wait for stop on SIGTERM/SIGHUP/SIGINT/`stop`, close(). Returns an exit code."""
+        """open(); load() on a thread; wait for a stop; close(). Returns an exit code (0, or 1 when the
+        models could not be loaded).
+
+        A stop is a `stop` request, or SIGINT, SIGTERM or SIGHUP: the first stops the service (what is
+        being said is dropped); a second leaves at once (``os._exit``). The models load on a thread so
+        that a signal during the load is handled at once; when the service stops before they are
+        loaded, ``abandoned_load`` is set and the caller should leave with ``os._exit`` rather than
+        wait for the load (or run MLX's teardown under it).
+        """
         self.open()
         previous = {}
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, lambda *_: self.stop())
+
+        def on_signal(signum, frame) -> None:
+            if self._stopping.is_set():
+                os._exit(128 + signum)  # asked twice: leave now
+            logger.info("stopping (%s)", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, on_signal)
+        loader = self._start_thread(self.load, "load")
         try:
-            ok = self.load()
             self.wait()
-        except KeyboardInterrupt:
-            ok = True
         finally:
             self.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0 if ok else 1
+        self.abandoned_load = loader.is_alive()
+        return 1 if self.error is not None else 0
 
     # -- connections -----------------------------------------------------------------------------
 

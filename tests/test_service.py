@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -469,3 +470,27 @@ def test_binary_input_is_refused_with_a_clear_error(short_dir):
         assert speak(path, "Sentence 3 still works.")["sentences"] == 1
     finally:
         svc.close()
+
+
+def test_cli_serve_stops_at_once_on_a_signal_even_while_loading(short_dir):
+    sock = short_dir / "s.sock"
+    env = {**os.environ, protocol.SOCKET_ENV: str(sock)}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        serve = subprocess.Popen([sys.executable, "-m", "mlx_stream_tts", "serve", "--to", "none", "--lang", "ja",
+                                  "--no-play", "--no-hooks"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        try:
+            assert client.wait_until_up(sock, 30)
+            state = client.request(sock, "status")["state"]
+            started = time.monotonic()
+            serve.send_signal(signum)
+            code = serve.wait(10)
+            took = time.monotonic() - started
+            err = serve.stderr.read().decode()
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait()
+        assert code == 0 and "Traceback" not in err and "terminate called" not in err, (code, err)
+        assert took < 1.0, (state, took)
+        assert not sock.exists()
