@@ -1,4 +1,5 @@
-"""Faults inside (issue 12, section 4): a stuck stage does not hold up closing a cancelled pipeline.
+"""Faults inside (issue 12, section 4): a stuck stage does not hold up closing a cancelled pipeline; an
+interrupted model build leaves nothing behind; `convert` without a network fails at once in one line.
 
 The stuck stages are fakes that block on an Event. Each test releases what it blocked, after its
 assertions and also from a timer, so that the code before the fix (close() waited for the stuck call)
@@ -8,8 +9,13 @@ fails these tests in seconds instead of hanging.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ from mlx_stream_tts.pipeline import Pipeline
 
 from fakes import FakeTranslator, FakeVoice, RecordingSink, encode, sentence_id
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose package the subprocesses import
 RELEASE_AFTER = 3.0  # seconds: the timer that frees a stuck call if the code under test waits for it
 
 
@@ -292,3 +299,131 @@ def test_close_without_cancel_still_waits_for_a_slow_voice():
 
 def test_fake_encoding_sanity():
     assert sentence_id("Sentence 12 is stuck.") == 12 and encode(1, 0) > 0
+
+
+# -- an interrupted build leaves nothing behind -------------------------------------------------------
+
+_BUILD = "import mlx_stream_tts; from convert.kokoro import ensure_default_model; print(ensure_default_model())"
+
+
+def _build(cache: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "MLX_STREAM_TTS_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-c", _BUILD], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def _build_leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.name.startswith(".kokoro-82m"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_the_first_voice_build_leaves_nothing_and_the_next_build_works(tmp_path):
+    from convert.kokoro import is_converted
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    build = _build(cache)
+    try:
+        # Kill it while its temporary folder exists (polled: the writing phase lasts about a second).
+        deadline = time.monotonic() + 60
+        while not _build_leftovers(cache) and build.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert _build_leftovers(cache), "the build never made its temporary folder"
+        build.send_signal(signal.SIGTERM)
+        _, err = build.communicate(timeout=30)
+    finally:
+        if build.poll() is None:
+            build.kill()
+    assert build.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), err.decode()[-2000:]
+    assert b"Traceback" not in err
+    assert _build_leftovers(cache) == []
+    assert not (cache / "kokoro-82m").exists() or is_converted(cache / "kokoro-82m")
+    # The next build completes.
+    again = _build(cache)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err.decode()[-2000:]
+    assert is_converted(cache / "kokoro-82m") and _build_leftovers(cache) == []
+
+
+def test_the_next_build_removes_what_killed_builds_left(tmp_path):
+    from convert.staging import LEGACY_STALE_AFTER, remove_stale
+
+    target = tmp_path / "kokoro-82m"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".kokoro-82m.tmp-{dead.pid}-abc", tmp_path / f".kokoro-82m.old-{dead.pid}"]
+    legacy_old, legacy_new = tmp_path / ".kokoro-82m-a1b2c3d4", tmp_path / ".kokoro-82m-e5f6g7h8"
+    live = tmp_path / f".kokoro-82m.tmp-{os.getpid()}-xyz"  # a build under way in this process
+    other = tmp_path / ".nllb-200.tmp-1-abc"  # another model's folder: not ours to judge
+    for folder in (*stale, legacy_old, legacy_new, live, other):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    past = time.time() - LEGACY_STALE_AFTER - 60
+    os.utime(legacy_old, (past, past))
+    removed = remove_stale(target)
+    assert sorted(removed) == sorted([*stale, legacy_old])
+    assert all(not p.exists() for p in removed)
+    assert legacy_new.exists() and live.exists() and other.exists()
+
+
+def test_a_failed_conversion_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import convert.kokoro as kokoro
+
+    def broken_write(out_dir, *args, **kwargs):
+        (out_dir / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kokoro, "_write_folder", broken_write)
+    with pytest.raises(OSError, match="No space"):
+        kokoro.convert_from_onnx(tmp_path / "kokoro-82m")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- `convert nllb` without a network -------------------------------------------------------------------
+
+
+def _convert(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "PROXY" not in k.upper()}
+    # .invalid never resolves (RFC 2606): no network, wherever the test runs. An empty hub cache.
+    environment.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf"), **env)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mlx_stream_tts", *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=60)
+    return done, time.monotonic() - started
+
+
+@pytest.mark.parametrize("verbose", [(), ("-v",)])
+def test_convert_nllb_without_network_says_so_in_one_line_at_once(tmp_path, verbose):
+    out = tmp_path / "out"
+    done, seconds = _convert(tmp_path, *verbose, "convert", "nllb", "facebook/nllb-200-distilled-600M", "--out", str(out))
+    assert done.returncode == 1
+    assert seconds < 10
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "mlx-stream-tts convert nllb: cannot download facebook/nllb-200-distilled-600M: no network "
+        "(cannot resolve hub.invalid: " + lines[0].split("cannot resolve hub.invalid: ", 1)[-1]
+    ], done.stderr
+    assert lines[0].endswith("; download it elsewhere and pass the folder")
+    assert "Traceback" not in done.stderr and "Retry" not in done.stderr
+    assert not out.exists()
+
+
+def test_convert_nllb_with_hf_hub_offline_says_so_at_once(tmp_path):
+    done, seconds = _convert(tmp_path, "convert", "nllb", "facebook/nllb-200-distilled-600M", "--out",
+                             str(tmp_path / "out"), HF_HUB_OFFLINE="1")
+    assert done.returncode == 1 and seconds < 10
+    assert done.stderr.strip().splitlines() == [
+        "mlx-stream-tts convert nllb: cannot download facebook/nllb-200-distilled-600M: no network "
+        "(HF_HUB_OFFLINE is set); download it elsewhere and pass the folder"
+    ]
+
+
+def test_convert_kokoro_from_the_hub_without_network_says_so_in_one_line(tmp_path):
+    done, seconds = _convert(tmp_path, "convert", "kokoro", "--from-pytorch", "hexgrad/Kokoro-82M", "--out",
+                             str(tmp_path / "out"))
+    assert done.returncode == 1 and seconds < 10
+    assert done.stderr.strip().splitlines() == [
+        "mlx-stream-tts convert kokoro: cannot download hexgrad/Kokoro-82M: no network "
+        "(cannot resolve hub.invalid: " + done.stderr.split("cannot resolve hub.invalid: ", 1)[-1].strip()
+    ]
+    assert "download it elsewhere and pass the folder" in done.stderr
