@@ -195,3 +195,24 @@ def test_m2m100_bad_tokenizers(tmp_path_factory, tmp_path):
     with pytest.raises(ValueError, match="MarianTokenizer"):
         convert_nllb(marian, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_without_network_a_copy_in_the_hub_cache_is_used(tmp_path_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, _, _ = get_checkpoint(tmp_path_factory, "d24odd")
+    repo = tmp_path / "hf" / "hub" / "models--test--tiny-nllb"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "PROXY" not in k.upper()}
+    env.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf"))  # .invalid: never resolves
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "mlx_stream_tts", "convert", "nllb", "test/tiny-nllb", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no network (cannot resolve hub.invalid" in done.stderr and "in the Hugging Face cache" in done.stderr
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
