@@ -216,3 +216,35 @@ def test_without_network_a_copy_in_the_hub_cache_is_used(tmp_path_factory, tmp_p
     assert done.returncode == 0, done.stderr
     assert "no network (cannot resolve hub.invalid" in done.stderr and "in the Hugging Face cache" in done.stderr
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def _broken_copy(src, dst, name, change):
+    """The converted folder ``src`` with tensor ``name`` replaced by ``change(tensor)``, written to ``dst``."""
+    shutil.copytree(src, dst)
+    weights = dict(mx.load(str(dst / "model.safetensors")))
+    weights[name] = change(weights[name])
+    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return dst
+
+
+def _one_nan(w):
+    flat = np.array(w).reshape(-1)
+    flat[flat.size // 3] = np.nan
+    return mx.array(flat.reshape(w.shape))
+
+
+@pytest.mark.parametrize("name, change, why", [
+    ("model.decoder.layers.0.fc1.weight", _one_nan, "'model.decoder.layers.0.fc1.weight' holds NaN"),
+    # finite weights whose products overflow: the encoder's output is infinite
+    ("model.encoder.layer_norm.weight", lambda w: mx.full(w.shape, 3e38), "NaN or infinite encoder states"),
+])
+def test_weights_that_load_but_cannot_translate_are_refused_at_load(tmp_path_factory, tmp_path, name, change, why):
+    folder = _broken_copy(get_converted(tmp_path_factory, "d24odd"), tmp_path / "broken", name, change)
+    with pytest.raises(ValueError, match="convert again with") as err:
+        Translator.load(folder)
+    assert why in str(err.value) and "loads, but" in str(err.value)
+    assert Translator.load(folder, self_check=False).model is not None  # skippable
+
+
+def test_self_check_passes_on_a_sound_model(tmp_path_factory):
+    assert Translator.load(get_converted(tmp_path_factory, "d24odd"), self_check=False).self_check() is None
