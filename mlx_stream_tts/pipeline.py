@@ -60,7 +60,7 @@ STAGES = ("fed", "chunked", "translated", "first_audio", "done", "skipped", "err
 PARTS = ("head", "tail")
 _TERMINAL = ("done", "skipped", "error")
 #: Seconds ``close()`` waits for cancelled work before it abandons the stage call still running.
-ABANDON_AFTER = 0.2
+ABANDON_AFTER = 0.15
 _TICK = 0.05  # how often a wait that may have to give up looks again
 
 
@@ -371,7 +371,7 @@ class Pipeline:
         """Flush, let the workers finish, and close the sink. Idempotent.
 
         After ``cancel()`` (nothing fed since is waiting) it returns within about ``ABANDON_AFTER`` +
-        0.1 s even when a stage call is stuck: that call is abandoned (see the module docstring) and
+        0.1 s (0.25 s) even when a stage call is stuck: that call is abandoned (see the module docstring) and
         logged once as a warning.
 
         Raises:
@@ -913,15 +913,21 @@ class Pipeline:
 
     def _stop_workers(self, patient: bool) -> None:
         """End the workers and close the sink. ``patient``: they are idle (the last barrier went through);
-        else they get 0.1 s, and a worker still inside a stage call then is abandoned (a daemon thread
+        else they get 0.05 s, and a worker still inside a stage call then is abandoned (a daemon thread
         that ends when the call returns; its result is dropped)."""
         self._quit.set()
         for q in (self._text_q, self._voice_q, self._audio_q):
+            # Nothing queued matters any more; emptying the queue frees a worker blocked on putting into it.
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
             try:
                 q.put_nowait(_STOP)
             except queue.Full:
-                pass  # its worker has items to take: it sees _quit at the next one
-        deadline = time.perf_counter() + (5.0 if patient else 0.1)
+                pass  # refilled meanwhile: its worker has items to take and sees _quit at the next one
+        deadline = time.perf_counter() + (5.0 if patient else 0.05)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.perf_counter()))
         now = time.perf_counter()

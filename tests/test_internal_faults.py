@@ -127,8 +127,11 @@ def test_cancelled_pipeline_with_a_stuck_voice_closes_at_once(caplog, quick):
     p = Pipeline(None, voice, sink, sentence_gap=0.0, early_start=False)
     timer = _timer(voice.release)
     try:
-        p.feed("Sentence 1 is fine.\nSentence 2 is stuck.\nSentence 3 is waiting.\n")
+        # Enough sentences behind the stuck one to fill the queue into the voice stage.
+        p.feed("Sentence 1 is fine.\nSentence 2 is stuck.\n" + "".join(f"Sentence {i} waits.\n" for i in range(3, 40)))
         assert voice.entered.wait(5.0)
+        time.sleep(0.1)
+        assert p._voice_q.full()
         stuck_thread = _thread("mlx_stream_tts-voice")
         p.cancel()
         t0 = time.perf_counter()
@@ -138,6 +141,7 @@ def test_cancelled_pipeline_with_a_stuck_voice_closes_at_once(caplog, quick):
         assert not voice.release.is_set()  # it returned while the call was still stuck
         assert sink.closed
         assert len(_abandoned(caplog, "voice")) == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [_abandoned(caplog, "voice")[0].getMessage()]
         # The other workers are gone; only the stuck one is left, as a daemon.
         assert not p._threads[0].is_alive() and not p._threads[2].is_alive()
         assert stuck_thread is not None and stuck_thread.is_alive() and stuck_thread.daemon
