@@ -26,15 +26,15 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from mlx_stream_tts.paths import cache_root
+
+from .staging import staged_folder
 
 logger = logging.getLogger("mlx_stream_tts.convert.kokoro")
 
@@ -98,8 +98,9 @@ def is_converted(path: str | Path) -> bool:
 def ensure_default_model() -> Path:
     """Return the default Kokoro folder, building it once from the shipped ONNX when absent.
 
-    The folder is written to a temporary sibling and renamed into place, so an interrupted
-    conversion never leaves a half-written folder behind.
+    The folder is built in a temporary sibling and renamed into place (see ``convert/staging.py``): an
+    interrupted build (an exception, Ctrl-C, SIGTERM, SIGHUP) leaves nothing behind, and what a killed
+    one left is removed by the next build.
     """
     target = default_model_dir()
     if is_converted(target):
@@ -107,20 +108,7 @@ def ensure_default_model() -> Path:
     if target.exists():
         logger.warning("%s is incomplete or outdated; rebuilding it", target)
     logger.warning("Building the Kokoro voice model from the shipped ONNX (once; about a minute) -> %s", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_FOLDER}-", dir=target.parent))
-    try:
-        convert_from_onnx(tmp, overwrite=True)
-        if target.exists() and not is_converted(target):
-            shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not is_converted(target):  # lost a race only if the winner is complete
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return convert_from_onnx(target, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,12 +418,26 @@ def _write_folder(
 
 def _prepare_out(out_dir: str | Path, overwrite: bool) -> Path:
     out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
-        for f in REQUIRED_FILES:
-            (out / f).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
     return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the folder built in ``tmp`` to ``out``: one rename when ``out`` is absent or empty; else file by
+    file (each rename atomic, ``config.json`` last), keeping any other files the user has there."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    try:
+        os.rename(tmp, out)
+        return
+    except OSError:
+        if not out.is_dir():
+            raise
+    for name in sorted(REQUIRED_FILES, key=lambda n: n == "config.json"):
+        os.replace(tmp / name, out / name)
 
 
 def _check_dtype(dtype: str) -> None:
@@ -497,7 +499,10 @@ def _convert_reference(ref, out: Path, voices, vocab, config: dict, dtype: str, 
     left = [k for k in left if not any(p.search(k) for p in ignored)]
     if left:
         raise ConversionError(f"source tensors not used by the model: {left[:8]}{' ...' if len(left) > 8 else ''}")
-    return _write_folder(out, model, weights, voices, vocab, config, dtype)
+    with staged_folder(out) as tmp:
+        _write_folder(tmp, model, weights, voices, vocab, config, dtype)
+        _publish(tmp, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,14 +567,20 @@ def _resolve_pytorch_source(src: str | Path) -> tuple[Path, Path, dict[str, Path
         return ckpt, config, voices
     from huggingface_hub import hf_hub_download
 
+    from .hub import DownloadError, hub_call
+
     repo = str(src)
+
+    def fetch(local: bool = False) -> tuple[Path, Path, dict[str, Path]]:
+        def get(name: str) -> Path:
+            return Path(hf_hub_download(repo, name, local_files_only=local))
+
+        return get(HUB_CHECKPOINT), get("config.json"), {v: get(f"voices/{v}.pt") for v in SHIPPED_VOICES}
+
     try:
-        ckpt = Path(hf_hub_download(repo, HUB_CHECKPOINT))
-        config = Path(hf_hub_download(repo, "config.json"))
-        voices = {v: Path(hf_hub_download(repo, f"voices/{v}.pt")) for v in SHIPPED_VOICES}
-    except Exception as err:  # offline, unknown repo, ...
-        raise ConversionError(f"cannot fetch {repo} from the Hugging Face hub ({err}); pass a local folder") from None
-    return ckpt, config, voices
+        return hub_call(repo, fetch, lambda: fetch(local=True))
+    except DownloadError as err:
+        raise ConversionError(str(err)) from None
 
 
 def convert_from_pytorch(

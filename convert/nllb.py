@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -52,6 +53,8 @@ from mlx_stream_tts.nllb_tokenizer import (
     m2m100_meta,
 )
 
+from .staging import staged_folder
+
 logger = logging.getLogger(__name__)
 
 CONVERT_HINT = "mlx-stream-tts convert nllb facebook/nllb-200-distilled-600M --out DIR"
@@ -59,6 +62,8 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", VOCAB_FILE)
 HUB_FILES = ("config.json", "generation_config.json", SPM_FILE, *TOKENIZER_FILES)
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+_SAFETENSORS_FILES = ("model*.safetensors", "model.safetensors.index.json")
+_BIN_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 
 # Source tensors that are copies of model.shared.weight (checked equal, then dropped) ...
 _TIED_COPIES = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
@@ -111,13 +116,29 @@ def fetch_source(src: str | Path, revision: str | None = None) -> Path:
         raise FileNotFoundError(f"{src} is neither a model folder nor a hub id like facebook/nllb-200-distilled-600M")
     from huggingface_hub import HfApi, snapshot_download
 
-    repo_files = set(HfApi().list_repo_files(str(src), revision=revision))
-    if "model.safetensors" in repo_files or "model.safetensors.index.json" in repo_files:
-        weights = ["model*.safetensors", "model.safetensors.index.json"]
-    else:
-        weights = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-    logger.info("downloading %s (%s) ...", src, ", ".join(weights))
-    return Path(snapshot_download(str(src), revision=revision, allow_patterns=[*HUB_FILES, *weights]))
+    from .hub import hub_call
+
+    repo = str(src)
+
+    def download() -> Path:
+        repo_files = set(HfApi().list_repo_files(repo, revision=revision))
+        if "model.safetensors" in repo_files or "model.safetensors.index.json" in repo_files:
+            weights = list(_SAFETENSORS_FILES)
+        else:
+            weights = list(_BIN_FILES)
+        logger.info("downloading %s (%s) ...", repo, ", ".join(weights))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=[*HUB_FILES, *weights]))
+
+    def cached() -> Path:
+        folder = Path(snapshot_download(repo, revision=revision, local_files_only=True,
+                                        allow_patterns=[*HUB_FILES, *_SAFETENSORS_FILES, *_BIN_FILES]))
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(folder / "config.json")
+        _weight_files(folder)  # raises when the weights are not (all) there
+        return folder
+
+    # Without a network: one line at once (or the copy in the hub's cache), not the client's retry loop.
+    return hub_call(repo, download, cached)
 
 
 def read_config(folder: Path) -> dict:
@@ -402,11 +423,8 @@ def convert_nllb(
         "restrict_vocab": list(restrict_vocab) if restrict_vocab else ("ids" if restrict_ids is not None else None),
     }
     config["torch_dtype"] = dtype
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # Built beside the target and renamed into place; removed on any way out (SIGTERM included).
+    with staged_folder(out) as tmp:
         mx.save_safetensors(str(tmp / WEIGHTS_FILE), params, metadata={"format": "mlx"})
         shutil.copy2(folder / SPM_FILE, tmp / SPM_FILE)
         for name in TOKENIZER_FILES:
@@ -416,9 +434,6 @@ def convert_nllb(
         # config.json last: its presence marks a complete folder.
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
         _replace_dir(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %s", out)
     return out
 
@@ -462,8 +477,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             revision=args.revision,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
-        logger.error("convert nllb: %s", err)
+    except (OSError, ValueError, RuntimeError) as err:  # OSError: missing files, a full disk, ...
+        print(f"mlx-stream-tts convert nllb: {err}", file=sys.stderr)
         return 1
     print(f"converted to {out}")
     return 0

@@ -22,6 +22,14 @@ its *tail* part, joined with the shorter ``clause_gap``. Each part is an item of
 sequence number, events and timing, ``part="head"`` / ``"tail"``); a whole sentence has ``part=None``.
 While speech is queued or playing, sentences wait for their end as before (a whole sentence
 translates better).
+
+A stage that is stuck does not hold up the end of a cancelled pipeline: when ``close()`` finds that only
+cancelled work stands between it and the end (nothing fed since ``cancel()`` is waiting), it gives that
+work ``ABANDON_AFTER`` seconds, then abandons the call in progress: the worker thread is left to
+finish it as a daemon, its result is dropped, and the thread ends (releasing its MLX streams) as soon
+as the call returns. Each stage object (translator, voice) is called by one thread at a time, across
+pipelines too: a later pipeline given the same voice waits for the abandoned call to return before it
+uses the voice (MLX models are not to be driven from two threads at once).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +59,9 @@ STAGES = ("fed", "chunked", "translated", "first_audio", "done", "skipped", "err
 #: heads (each the first clause of what remained), then the tail. A whole sentence has ``part=None``.
 PARTS = ("head", "tail")
 _TERMINAL = ("done", "skipped", "error")
+#: Seconds ``close()`` waits for cancelled work before it abandons the stage call still running.
+ABANDON_AFTER = 0.15
+_TICK = 0.05  # how often a wait that may have to give up looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +276,8 @@ class Pipeline:
         # The code cue is said in the language that is spoken (code_cue() takes "ja" or "jpn_Jpan").
         self._cue_lang = voice.lang if voice is not None else tgt_lang if translator is not None else lang
         self._sample_rate = int(getattr(voice, "sample_rate", SAMPLE_RATE))
+        # One thread at a time in each stage object, across pipelines (see the module docstring).
+        self._locks = {"translate": _stage_lock(translator), "voice": _stage_lock(voice)}
 
         self._text_q: queue.Queue = queue.Queue(maxsize=max_pending)
         self._voice_q: queue.Queue = queue.Queue(maxsize=max(2, max_batch))
@@ -288,6 +302,10 @@ class Pipeline:
         self._crash_stage = ""
         self._closed = False
         self._close_lock = threading.Lock()
+        self._quit = threading.Event()  # set by close(): workers return at their next step
+        self._in_call: dict[str, float] = {}  # stage -> since when its worker is inside a stage call
+        self._sink_close_owed = False  # close() could not close the sink: the sink worker does it
+        self._sink_closed = False
         self._translator_idle = threading.Event()  # cleared while the translator runs
         self._translator_idle.set()
         self._play_end = 0.0  # when the audio made so far would end, played in real time (voice thread)
@@ -345,18 +363,16 @@ class Pipeline:
         if self._closed:
             self._raise_crash()
             return
-        with self._feed_lock:
-            gen = self._sync_chunker()
-            now = time.perf_counter()
-            sentences = self._chunker.flush()
-            if sentences:
-                self._queue_sentences(sentences, gen, now)
-            self._pending_since = None
+        self._release_held()
         self._wait_barrier()
         self._raise_crash()
 
     def close(self) -> None:
         """Flush, let the workers finish, and close the sink. Idempotent.
+
+        After ``cancel()`` (nothing fed since is waiting) it returns within about ``ABANDON_AFTER`` +
+        0.1 s (0.25 s) even when a stage call is stuck: that call is abandoned (see the module docstring) and
+        logged once as a warning.
 
         Raises:
             The exception of a worker that died outside a per-sentence call.
@@ -364,23 +380,18 @@ class Pipeline:
         with self._close_lock:
             if self._closed:
                 return
+            reached = False
             try:
-                self.flush()
+                self._release_held()
+                reached = self._wait_barrier(may_abandon=True)
+                self._raise_crash()
             except BaseException as err:
                 if err is not self._crash:
                     self.cancel()  # interrupted (Ctrl-C) while waiting for the audio: stop it now
                 raise
             finally:
                 self._closed = True
-                try:
-                    self._text_q.put(_STOP, timeout=10.0)
-                except queue.Full:
-                    logger.error("the pipeline's workers are stuck; abandoning them")
-                for thread in self._threads:
-                    thread.join(timeout=10.0)
-                    if thread.is_alive():
-                        logger.warning("%s did not stop within 10 s", thread.name)
-                self.sink.close()
+                self._stop_workers(patient=reached)
 
     def cancel(self) -> None:
         """Drop everything pending in every stage and the sink's buffer; audio stops at once.
@@ -396,11 +407,16 @@ class Pipeline:
             self._parts.clear()
         # The first abort unblocks a write waiting for buffer space; the second, once the sink
         # worker has let go of the sink, drops anything it wrote between its check and the abort.
+        # A write that the abort did not unblock (a hung device) keeps the lock: then cancel() does not
+        # wait for it (close() abandons it).
         if self._sink_opened:
             self.sink.abort()
-        with self._sink_lock:
-            if self._sink_opened:
-                self.sink.abort()
+        if self._sink_lock.acquire(timeout=_TICK):
+            try:
+                if self._sink_opened:
+                    self.sink.abort()
+            finally:
+                self._sink_lock.release()
 
     def warm(self) -> dict[str, float]:
         """Warms the stages before the first text: each one that has a ``warm()`` method runs it once, on
@@ -441,6 +457,16 @@ class Pipeline:
 
     # -- feeding (caller's thread) ---------------------------------------------------------------
 
+    def _release_held(self) -> None:
+        """Queue the text the chunker holds as the last sentence(s)."""
+        with self._feed_lock:
+            gen = self._sync_chunker()
+            now = time.perf_counter()
+            sentences = self._chunker.flush()
+            if sentences:
+                self._queue_sentences(sentences, gen, now)
+            self._pending_since = None
+
     def _sync_chunker(self) -> int:
         # Called with _feed_lock held: text held back from before a cancel() is dropped.
         gen = self._gen
@@ -470,7 +496,7 @@ class Pipeline:
             self._emit(seq, "chunked", source, t=now)
             if gen != self._gen:
                 continue  # cancelled while we were blocked on the queue: drop the rest
-            self._text_q.put(_Sentence(gen, seq, source, part))
+            self._put(self._text_q, _Sentence(gen, seq, source, part))
 
     def _may_start_early(self) -> bool:
         """Early start is on and nothing is queued, in a stage, or still playing (by real time)."""
@@ -530,13 +556,11 @@ class Pipeline:
         # every sentence lost here is reported.
         while True:
             item = inq.get()
-            if isinstance(item, _Stop):
-                if outq is not None:
-                    outq.put(item)
+            if isinstance(item, _Stop) or self._quit.is_set():
                 return
             if isinstance(item, _Barrier):
                 if outq is not None:
-                    outq.put(item)
+                    self._put(outq, item)
                 else:
                     item.reached.set()
                 continue
@@ -546,29 +570,62 @@ class Pipeline:
                     self._emit(item.seq, "error", item.source, error=f"{name}: worker crashed earlier")
 
     def _pass_control(self, item: object, outq: queue.Queue, stage: str = "") -> bool:
-        """Forward a barrier or the sentinel (warming this worker's stage first if asked); True when the
-        worker must stop."""
+        """Forward a barrier (warming this worker's stage first if asked); True when the worker must stop
+        (the sentinel, or ``close()`` under way)."""
+        if isinstance(item, _Stop) or self._quit.is_set():
+            return True
         if isinstance(item, _Barrier) and item.warm is not None and stage:
             self._warm_stage(stage, item.warm)
-        outq.put(item)
-        return isinstance(item, _Stop)
+        self._put(outq, item)
+        return False
+
+    def _put(self, q: queue.Queue, item: object) -> bool:
+        """``q.put(item)``, blocking while the queue is full, unless ``close()`` gives up on the workers
+        meanwhile (False: the item was not queued)."""
+        while True:
+            try:
+                q.put(item, timeout=_TICK if self._quit.is_set() else 1.0)
+                return True
+            except queue.Full:
+                if self._quit.is_set():
+                    return False
+
+    def _enter(self, stage: str, gen: int | None = None) -> bool:
+        """Take the stage object's lock before calling into it; False (not taken) when ``cancel()`` made
+        the work stale (``gen``) or ``close()`` gave up while an earlier pipeline's abandoned call held it."""
+        lock = self._locks.get(stage)
+        if lock is not None and not lock.acquire(blocking=False):
+            logger.warning("the %s is still inside a call abandoned by an earlier pipeline; waiting for it", stage)
+            while not lock.acquire(timeout=_TICK):
+                if self._quit.is_set() or (gen is not None and gen != self._gen):
+                    return False
+        self._in_call[stage] = time.perf_counter()
+        return True
+
+    def _leave(self, stage: str) -> None:
+        self._in_call.pop(stage, None)
+        lock = self._locks.get(stage)
+        if lock is not None:
+            lock.release()
 
     def _warm_stage(self, stage: str, spent: dict[str, float]) -> None:
         model = self.translator if stage == "translate" else self.voice
         warm = getattr(model, "warm", None)
-        if not callable(warm):
+        if not callable(warm) or not self._enter(stage):
             return
         started = time.perf_counter()
         try:
             warm(self.src_lang, self.tgt_lang) if stage == "translate" else warm()
         except Exception:  # a failed warm-up costs the first sentence some time, nothing more
             logger.exception("warming the %s stage failed", stage)
+        finally:
+            self._leave(stage)
         spent[stage] = time.perf_counter() - started
 
     def _translate_loop(self) -> None:
         while True:
             item = self._text_q.get()
-            if not isinstance(item, _Sentence):
+            if not isinstance(item, _Sentence) or self._quit.is_set():
                 if self._pass_control(item, self._voice_q, "translate"):
                     return
                 continue
@@ -637,12 +694,15 @@ class Pipeline:
                 # Said as a clause that goes on (rising, not falling as at a sentence end).
                 text = _as_clause(text, self._cue_lang)
             self._emit(item.seq, "translated", text, spoken=text)
-            self._voice_q.put(_Spoken(item.gen, item.seq, item.source, text, item.part))
+            if not self._put(self._voice_q, _Spoken(item.gen, item.seq, item.source, text, item.part)):
+                return
 
     def _translate_many(self, todo: list[tuple[_Sentence, str]]) -> dict[int, str | BaseException]:
         texts = [text for _, text in todo]
         try:
-            out = self._call_translator(texts)
+            out = self._call_translator(texts, todo[0][0].gen)
+        except _Dropped:
+            return {item.seq: "" for item, _ in todo}
         except Exception as err:
             if len(todo) == 1:
                 return {todo[0][0].seq: err}
@@ -654,19 +714,24 @@ class Pipeline:
                     results[item.seq] = ""
                     continue
                 try:
-                    results[item.seq] = self._call_translator([text])[0]
+                    results[item.seq] = self._call_translator([text], item.gen)[0]
+                except _Dropped:
+                    results[item.seq] = ""
                 except Exception as one_err:
                     results[item.seq] = one_err
             return results
         return {item.seq: result for (item, _), result in zip(todo, out)}
 
-    def _call_translator(self, texts: list[str]) -> list[str]:
+    def _call_translator(self, texts: list[str], gen: int) -> list[str]:
         assert self.translator is not None
+        if not self._enter("translate", gen):
+            raise _Dropped
         self._translator_idle.clear()
         try:
             out = self.translator.translate(texts, self.src_lang, self.tgt_lang)
         finally:
             self._translator_idle.set()
+            self._leave("translate")
         if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(s, str) for s in out):
             raise TypeError(f"translate() must return a list of {len(texts)} str, got {_describe(out)}")
         return out
@@ -674,7 +739,7 @@ class Pipeline:
     def _voice_loop(self) -> None:
         while True:
             item = self._voice_q.get()
-            if not isinstance(item, _Spoken):
+            if not isinstance(item, _Spoken) or self._quit.is_set():
                 if self._pass_control(item, self._audio_q, "voice"):
                     return
                 continue
@@ -683,6 +748,8 @@ class Pipeline:
             if self.voice is None:
                 # Nothing to hand to a sink: the sentence is done once translated (subtitles only).
                 self._emit(item.seq, "done", item.text)
+                continue
+            if not self._enter("voice", item.gen):
                 continue
             failed = False
             chunks = None
@@ -693,8 +760,8 @@ class Pipeline:
                 while True:
                     self._yield_to_translator(item.gen)
                     chunk = next(chunks, _END)  # synthesis runs here: generators compute lazily
-                    if chunk is _END or item.gen != self._gen:
-                        break
+                    if chunk is _END or item.gen != self._gen or self._quit.is_set():
+                        break  # an abandoned call's result is dropped here
                     audio = _check_chunk(chunk)
                     if audio.size:
                         now = time.perf_counter()
@@ -702,15 +769,19 @@ class Pipeline:
                             self._put_pause(item, gap, now)
                             gap = 0.0
                         self._play_end = max(self._play_end, now) + audio.shape[0] / self._sample_rate
-                        self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, audio))
+                        if not self._put(self._audio_q, _Audio(item.gen, item.seq, item.source, item.text, audio)):
+                            break
             except Exception as err:
                 failed = True
                 self._fail(item.seq, "voice", item.source, err)
             finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()  # stop a generator left early by cancel()
-            self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
+                try:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()  # stop a generator left early by cancel()
+                finally:
+                    self._leave("voice")
+            self._put(self._audio_q, _Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
 
     def _continues(self, item: _Spoken) -> bool:
         """True when ``item`` goes on the sentence whose head was voiced just before it."""
@@ -726,7 +797,7 @@ class Pipeline:
         if samples > 0:
             self._play_end = max(self._play_end, now) + samples / self._sample_rate
             silence = np.zeros(samples, np.float32)
-            self._audio_q.put(_Audio(item.gen, item.seq, item.source, item.text, silence, pause=True))
+            self._put(self._audio_q, _Audio(item.gen, item.seq, item.source, item.text, silence, pause=True))
 
     def _yield_to_translator(self, gen: int) -> None:
         """Wait while the translator runs and the audio already made covers the wait (see priority_lead)."""
@@ -741,12 +812,23 @@ class Pipeline:
         self.voice_paused += time.perf_counter() - start
 
     def _sink_loop(self) -> None:
+        try:
+            self._sink_items()
+        finally:
+            if self._sink_close_owed:  # close() found the sink inside a stuck write: close it now
+                with self._sink_lock:
+                    try:
+                        self._close_sink()
+                    except Exception:
+                        logger.exception("closing the sink after its stuck write failed")
+
+    def _sink_items(self) -> None:
         current = -1  # the sentence whose chunks are arriving
         samples = paused = 0
         failed = started = False
         while True:
             item = self._audio_q.get()
-            if isinstance(item, _Stop):
+            if isinstance(item, _Stop) or self._quit.is_set():
                 return
             if isinstance(item, _Barrier):
                 item.reached.set()
@@ -763,17 +845,20 @@ class Pipeline:
             if failed:
                 continue
             with self._sink_lock:
-                if item.gen != self._gen:
+                if item.gen != self._gen or self._quit.is_set():
                     continue
                 if not self._sink_opened:
                     self.sink.open(self._sample_rate)  # a failure here is fatal: no audio can go anywhere
                     self._sink_opened = True
+                self._in_call["sink"] = time.perf_counter()
                 try:
                     self.sink.write(item.audio)
                 except Exception as err:
                     failed = True
                     self._fail(item.seq, "sink", item.source, err)
                     continue
+                finally:
+                    self._in_call.pop("sink", None)
             if item.pause:
                 paused += item.audio.size
             elif not started:
@@ -783,14 +868,93 @@ class Pipeline:
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _wait_barrier(self, warm: dict[str, float] | None = None) -> None:
+    def _wait_barrier(self, warm: dict[str, float] | None = None, may_abandon: bool = False) -> bool:
+        """Send a barrier down the stages and wait for it to reach the end (True).
+
+        With ``may_abandon`` (``close()``), give up (False) once only cancelled work has held it up for
+        ``ABANDON_AFTER`` seconds: a stage stuck in a call of a cancelled sentence.
+        """
         barrier = _Barrier(threading.Event(), warm)
-        self._text_q.put(barrier)
-        # The timeout only lets us notice workers that are gone; the barrier normally sets the event.
-        while not barrier.reached.wait(timeout=1.0):
+        stale_since: float | None = None
+
+        def give_up() -> bool:
+            nonlocal stale_since
             if not all(t.is_alive() for t in self._threads):
                 stage = f" (the {self._crash_stage} worker crashed first)" if self._crash is not None else ""
                 raise PipelineError(f"a pipeline worker thread is gone{stage}") from self._crash
+            if self._quit.is_set():
+                raise RuntimeError("the pipeline was closed")
+            if not may_abandon or self._current_work():
+                stale_since = None
+                return False
+            now = time.perf_counter()
+            stale_since = now if stale_since is None else stale_since
+            return now - stale_since >= ABANDON_AFTER
+
+        # The timeouts only let us notice workers that are gone or stuck; the barrier normally sets the event.
+        tick = _TICK if may_abandon else 1.0
+        while True:
+            try:
+                self._text_q.put(barrier, timeout=tick)
+                break
+            except queue.Full:
+                if give_up():
+                    return False
+        while not barrier.reached.wait(timeout=tick):
+            if give_up():
+                return False
+        return True
+
+    def _current_work(self) -> bool:
+        """True while a sentence fed since the last ``cancel()`` has not been done, skipped or failed."""
+        gen = self._gen
+        with self._timing_lock:
+            return any(g == gen for g in self._open.values())
+
+    def _stop_workers(self, patient: bool) -> None:
+        """End the workers and close the sink. ``patient``: they are idle (the last barrier went through);
+        else they get 0.05 s, and a worker still inside a stage call then is abandoned (a daemon thread
+        that ends when the call returns; its result is dropped)."""
+        self._quit.set()
+        for q in (self._text_q, self._voice_q, self._audio_q):
+            # Nothing queued matters any more; emptying the queue frees a worker blocked on putting into it.
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                q.put_nowait(_STOP)
+            except queue.Full:
+                pass  # refilled meanwhile: its worker has items to take and sees _quit at the next one
+        deadline = time.perf_counter() + (5.0 if patient else 0.05)
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.perf_counter()))
+        now = time.perf_counter()
+        for name, thread in zip(("translate", "voice", "sink"), self._threads):
+            if thread.is_alive():
+                since = self._in_call.get(name)
+                if since is not None:
+                    logger.warning("abandoned a stuck %s call (running for %.1f s); its result is dropped",
+                                   name, now - since)
+                else:
+                    logger.warning("%s did not stop; abandoned", thread.name)
+        if not self._sink_lock.acquire(timeout=5.0 if patient else _TICK):
+            # The sink worker is inside a stuck write: it closes the sink when the write returns (unless
+            # it has just let go, which the second try sees).
+            self._sink_close_owed = True
+            if not self._sink_lock.acquire(blocking=False):
+                return
+        try:
+            self._close_sink()
+        finally:
+            self._sink_lock.release()
+
+    def _close_sink(self) -> None:
+        # Called with _sink_lock held, by close() or by the sink worker: whichever comes first.
+        if not self._sink_closed:
+            self._sink_closed = True
+            self.sink.close()
 
     def _raise_crash(self) -> None:
         if self._crash is not None:
@@ -798,6 +962,29 @@ class Pipeline:
 
 
 _END = object()
+
+
+class _Dropped(Exception):
+    """A stage call not made: its sentence was cancelled, or the pipeline closed, while it waited."""
+
+
+_locks_guard = threading.Lock()
+_stage_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stage_lock(stage: object | None) -> threading.Lock | None:
+    """The lock that lets one thread at a time into ``stage`` (shared by every pipeline given it);
+    None for no stage, or one that cannot be weakly referenced (then unguarded)."""
+    if stage is None:
+        return None
+    with _locks_guard:
+        try:
+            lock = _stage_locks.get(stage)
+            if lock is None:
+                lock = _stage_locks[stage] = threading.Lock()
+        except TypeError:
+            return None
+    return lock
 
 
 def _check_chunk(chunk: object) -> np.ndarray:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from . import decoding
 from .cpu import resolve_backend
@@ -40,6 +41,8 @@ WEIGHTS_FILE = "model.safetensors"
 #: What :meth:`Translator.warm` translates (a clause and a sentence end, like the text to come).
 _WARM_TEXT = "Let me check the file, then run the tests."
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+#: What :meth:`Translator.self_check` encodes.
+_CHECK_TEXT = "Hello."
 
 
 def default_model_dir() -> Path:
@@ -118,6 +121,7 @@ class Translator:
         max_batch: int = 8,
         len_ratio: float = 2.0,
         len_extra: int = 10,
+        self_check: bool = True,
     ) -> Translator:
         """Load a converted model folder.
 
@@ -127,11 +131,13 @@ class Translator:
                 a GPU), ``"float32"``, ``"float16"``, ``"bfloat16"``, or None to keep the stored one.
                 Quantized weights stay quantized (their scales take this dtype).
             backend, c_step, parallel, max_batch, len_ratio, len_extra: see :class:`Translator`.
+            self_check: check that the weights can translate (:meth:`self_check`: finite weights, and
+                finite encoder states and first logits for one short sentence).
 
         Raises:
             FileNotFoundError: no (complete) converted model there.
-            ValueError: a folder of another architecture or format, weights that do not fit, an unknown
-                dtype or backend.
+            ValueError: a folder of another architecture or format, weights that do not fit or that load
+                but hold or produce NaN / infinite values, an unknown dtype or backend.
             AcceleratorError: ``backend="cpu"`` where the CPU accelerator cannot run.
         """
         target = cls._dtype(dtype)
@@ -187,8 +193,32 @@ class Translator:
             raise FileNotFoundError(f"{err}; convert again with: {how} --overwrite") from None
         logger.info("loaded %s (stored %s, running %s)", path, config["mlx_stream_tts"].get("dtype"),
                     "as stored" if target is None else str(target).rpartition(".")[2])
-        return cls(model, tokenizer, backend=backend, c_step=c_step, parallel=parallel, max_batch=max_batch,
-                   len_ratio=len_ratio, len_extra=len_extra)
+        translator = cls(model, tokenizer, backend=backend, c_step=c_step, parallel=parallel, max_batch=max_batch,
+                         len_ratio=len_ratio, len_extra=len_extra)
+        problem = translator.self_check() if self_check else None
+        if problem is not None:
+            raise ValueError(f"{weights_path} loads, but {problem}; convert again with: {how} --overwrite")
+        return translator
+
+    def self_check(self) -> str | None:
+        """Why this model cannot translate, or None: every float weight finite, and one short sentence's
+        encoder states and first decoding logits finite (through the model as it runs, accelerator
+        included). Weights are read block by block (a bounded temporary)."""
+        from mlx.utils import tree_flatten
+
+        for name, value in tree_flatten(self.model.parameters()):
+            if mx.issubdtype(value.dtype, mx.floating) and not _finite(value):
+                return f"its tensor {name!r} holds NaN or infinite values"
+        codes = self.tokenizer.lang_code_to_id
+        src = next((c for c in ("eng_Latn", "__en__") if c in codes), next(iter(codes)))
+        tgt = next((c for c in ("jpn_Jpan", "__ja__") if c in codes), src)
+        ids = self.tokenizer.encode(_CHECK_TEXT, src)
+        hidden, memory, _, _ = decoding.start(self.model, self.vocab, [ids], codes[tgt])
+        logits = self.model.logits(hidden)
+        for what, value in (("encoder states", memory), ("logits", logits)):
+            if not _finite(value):
+                return f"it produces NaN or infinite {what} for {_CHECK_TEXT!r}"
+        return None
 
     @staticmethod
     def _dtype(dtype: str | mx.Dtype | None) -> mx.Dtype | None:
@@ -411,6 +441,21 @@ class Translator:
                 yield from decoding.stream_steps(step, self.model, self.vocab, source, tgt_lang_id, limit)
             else:
                 yield from decoding.greedy_stream(self.model, self.vocab, source, tgt_lang_id, limit)
+
+
+def _finite(value: mx.array, block: int = 1 << 22) -> bool:
+    """True when every element of ``value`` is finite; checked in blocks of ~``block`` elements in numpy on
+    the CPU (the weights are in host memory: no copy for float32), with MLX elsewhere."""
+    if mx.default_device() != mx.cpu:
+        return bool(mx.isfinite(value).all().item())
+    flat = value.reshape(-1)
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block]
+        if part.dtype != mx.float32:
+            part = part.astype(mx.float32)
+        if not np.isfinite(np.asarray(part)).all():
+            return False
+    return True
 
 
 def _repeating_tail(tokens: list[int], max_n: int = 8) -> bool:

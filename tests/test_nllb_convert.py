@@ -195,3 +195,56 @@ def test_m2m100_bad_tokenizers(tmp_path_factory, tmp_path):
     with pytest.raises(ValueError, match="MarianTokenizer"):
         convert_nllb(marian, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_without_network_a_copy_in_the_hub_cache_is_used(tmp_path_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, _, _ = get_checkpoint(tmp_path_factory, "d24odd")
+    repo = tmp_path / "hf" / "hub" / "models--test--tiny-nllb"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "PROXY" not in k.upper()}
+    env.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf"))  # .invalid: never resolves
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "mlx_stream_tts", "convert", "nllb", "test/tiny-nllb", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no network (cannot resolve hub.invalid" in done.stderr and "in the Hugging Face cache" in done.stderr
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def _broken_copy(src, dst, name, change):
+    """The converted folder ``src`` with tensor ``name`` replaced by ``change(tensor)``, written to ``dst``."""
+    shutil.copytree(src, dst)
+    weights = dict(mx.load(str(dst / "model.safetensors")))
+    weights[name] = change(weights[name])
+    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return dst
+
+
+def _one_nan(w):
+    flat = np.array(w).reshape(-1)
+    flat[flat.size // 3] = np.nan
+    return mx.array(flat.reshape(w.shape))
+
+
+@pytest.mark.parametrize("name, change, why", [
+    ("model.decoder.layers.0.fc1.weight", _one_nan, "'model.decoder.layers.0.fc1.weight' holds NaN"),
+    # finite weights whose products overflow: the encoder's output is infinite
+    ("model.encoder.layer_norm.weight", lambda w: mx.full(w.shape, 3e38), "NaN or infinite encoder states"),
+])
+def test_weights_that_load_but_cannot_translate_are_refused_at_load(tmp_path_factory, tmp_path, name, change, why):
+    folder = _broken_copy(get_converted(tmp_path_factory, "d24odd"), tmp_path / "broken", name, change)
+    with pytest.raises(ValueError, match="convert again with") as err:
+        Translator.load(folder)
+    assert why in str(err.value) and "loads, but" in str(err.value)
+    assert Translator.load(folder, self_check=False).model is not None  # skippable
+
+
+def test_self_check_passes_on_a_sound_model(tmp_path_factory):
+    assert Translator.load(get_converted(tmp_path_factory, "d24odd"), self_check=False).self_check() is None

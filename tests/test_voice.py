@@ -331,6 +331,105 @@ def test_load_missing_or_corrupt_folder_says_how_to_fix(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# The self-check at load: weights that load but cannot speak (issue 12)
+
+@pytest.fixture(scope="module")
+def kokoro_folder(tmp_path_factory):
+    """A converted Kokoro folder: the default one when it is built, else one built here (~4 s)."""
+    from convert.kokoro import convert_from_onnx, default_model_dir, is_converted
+
+    path = default_model_dir()
+    return path if is_converted(path) else convert_from_onnx(tmp_path_factory.mktemp("kokoro"), overwrite=True)
+
+
+def _broken_copy(src, dst, change):
+    """``src`` with ``change(weights)`` applied to its weights, written to ``dst``."""
+    import shutil
+
+    import mlx.core as mx
+
+    dst.mkdir()
+    for name in ("config.json", "voices.safetensors", "vocab.json"):
+        shutil.copy(src / name, dst / name)
+    weights = dict(mx.load(str(src / "model.safetensors")))
+    change(weights)
+    mx.save_safetensors(str(dst / "model.safetensors"), weights)
+    return dst
+
+
+def _set(name, value):
+    def change(weights):
+        import mlx.core as mx
+
+        weights[name] = value(weights[name]) if callable(value) else mx.full(weights[name].shape, value)
+    return change
+
+
+def _one_nan(w):
+    import mlx.core as mx
+
+    flat = np.array(w).reshape(-1)
+    flat[flat.size // 2] = np.nan
+    return mx.array(flat.reshape(w.shape))
+
+
+def _saturated(w):
+    """Every weight at +-3e38: finite, but sums of their products overflow to +inf and -inf, whose sum is NaN."""
+    import mlx.core as mx
+
+    return mx.array(np.sign(np.array(w)) * np.float32(3e38))
+
+
+BROKEN = {
+    # one NaN in a vocoder weight (the issue's weights that make every sentence fail)
+    "nan": (_set("decoder.generator.conv_post.weight", _one_nan), "'decoder.generator.conv_post.weight' holds NaN"),
+    # every duration sigmoid at 1: 50 frames (1.25 s) for each phoneme
+    "durations too long": (_set("predictor.duration_proj.linear_layer.bias", 1e4), "impossible durations"),
+    # every duration sigmoid at 0: 1 frame for each phoneme
+    "durations too short": (_set("predictor.duration_proj.linear_layer.bias", -1e4), "impossible durations"),
+    # finite weights whose prosody overflows: NaN durations, which np.repeat refused on every sentence
+    "prosody overflows": (_set("predictor.duration_proj.linear_layer.weight", lambda w: _saturated(w)),
+                          "cannot predict the prosody|impossible durations|NaN or infinite prosody"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_weights_that_load_but_cannot_speak_are_refused_at_load(kokoro_folder, tmp_path, case):
+    change, why = BROKEN[case]
+    folder = _broken_copy(kokoro_folder, tmp_path / "broken", change)
+    with pytest.raises(RuntimeError, match="cannot load the Kokoro model") as err:
+        Voice.load(folder)
+    message = str(err.value)
+    assert "it loads, but" in message and "convert kokoro" in message and "\n" not in message
+    import re
+
+    assert re.search(why, message), message
+    # Skippable, for models with random weights: then it loads.
+    assert Voice.load(folder, self_check=False).voices
+
+
+def test_self_check_passes_on_the_real_model_quickly(kokoro_folder):
+    import time
+
+    from mlx_stream_tts.models.kokoro import load_model, load_voices, load_vocab
+    from mlx_stream_tts.voice import non_finite_weights, self_check_engine
+
+    model, voices, vocab = load_model(kokoro_folder), load_voices(kokoro_folder), load_vocab(kokoro_folder)
+    assert non_finite_weights(model, voices) is None
+    engine = MlxEngine(model)
+    assert self_check_engine(engine, voices, vocab) is None  # the first call builds what the engine needs
+    spent = []
+    for _ in range(3):
+        started = time.perf_counter()
+        weights = non_finite_weights(model, voices)
+        check = self_check_engine(engine, voices, vocab)
+        spent.append(time.perf_counter() - started)
+        assert weights is None and check is None
+    # ~0.1 s on 2 shared CPU cores with the accelerator; the bound leaves room for a busy machine.
+    assert min(spent) < 0.3, spent
+
+
+# ------------------------------------------------------------------------------------------------
 # The MLX engine on a tiny random model: host synchronisations and memory of the pure model
 
 
