@@ -283,8 +283,8 @@ def test_warm_runs_each_stage_on_its_worker_thread(caplog):
 
 @pytest.mark.slow
 def test_real_voice_first_sentence_cold_and_warm(tmp_path_factory):
-    """Prints the first sentence's time to first audio with a cold and a warmed voice (not asserted
-    tightly: the machine is shared)."""
+    """Warming runs on the voice's thread and the first sentence is then spoken; prints its time to
+    first audio with a cold and a warmed voice."""
     from convert.kokoro import convert_from_onnx, default_model_dir, is_converted
     from mlx_stream_tts.voice import Voice
 
@@ -301,8 +301,9 @@ def test_real_voice_first_sentence_cold_and_warm(tmp_path_factory):
             p.feed("ファイルを読みました。\n")
             p.flush()
             latency[case] = p.timings()[0].first_audio_latency
+    # Both spoke; the times are printed, not compared (a shared machine: timings belong to bench/).
+    assert all(v is not None and v > 0 for v in latency.values()), latency
     print(f"\nfirst sentence, chunked -> first audio: cold {latency['cold']:.3f} s, warm {latency['warm']:.3f} s")
-    assert latency["warm"] < latency["cold"] * 1.5 + 0.05
 
 
 @pytest.mark.slow
