@@ -95,13 +95,19 @@ def test_same_file_read_as_stream_json_and_text_differs():
 
 
 def test_garbage_input_never_crashes():
-    garbage = bytes(range(256)) * 50 + b"\n{not json\n" + b'{"type": "assistant", "message": 5}\n'
+    # Lines that are not stream-json (or not what the reader knows) are skipped, never a crash.
+    garbage = b"\xff\xfe{{{\n{not json\n" + b'{"type": "assistant", "message": 5}\n' + b"[1, 2]\n"
     proc = run_cli("speak", "-", "--dry-run", "--format", "stream-json", stdin=garbage)
     assert proc.returncode == 0, proc.stderr.decode()
     # The stream ended with no result: that is spoken as an error cue, not swallowed.
     assert "Claude Code" in proc.stdout.decode()
     proc = run_cli("speak", "-", "--dry-run", stdin=garbage)
     assert proc.returncode == 0, proc.stderr.decode()
+    # Binary bytes are refused with a clear message (exit 2), in either format.
+    binary = bytes(range(256)) * 50 + garbage
+    for fmt in ("stream-json", "auto"):
+        proc = run_cli("speak", "-", "--dry-run", "--format", fmt, stdin=binary)
+        assert proc.returncode == 2 and b"input looks binary" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 def test_empty_input():
