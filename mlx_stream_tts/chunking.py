@@ -73,6 +73,16 @@ _TITLES = frozenset(
 # suffix, "Co. Ltd.").
 _ENDERS = frozenset("etc co inc ltd corp llc plc bros gmbh pty lp llp".split())
 _COMPANY_SUFFIXES = frozenset("ltd inc co corp llc plc gmbh kg limited ag sa pty lp llp".split())
+# Degrees follow the name they qualify, so they often end a sentence: a capitalized word after them
+# starts a new one ("She earned her Ph.D. Tom was impressed").
+_POSTPOSITIVE = frozenset("ph.d m.d b.a m.a b.s m.s b.sc m.sc d.phil ll.b ll.m m.b.a d.d.s r.n".split())
+# Eras behave like times of day: "founded in 753 B.C. Augustus ..." ends, "In 44 B.C. Caesar ..." not.
+_ERAS = frozenset("b.c a.d c.e b.c.e a.h".split())
+# Units: after a number ("5 ft.") they end a sentence before a capitalized word, never before a
+# number ("5 ft. 3 in. long"); elsewhere they are read as their own kind ("in" a word, "lb" generic).
+_UNITS = frozenset(
+    "in ft yd yds mi lb lbs oz kg g mg km cm mm m hr hrs min mins sec secs gal qt pt tsp tbsp sq cu".split()
+)
 # Before a number they never end a sentence ("No. 5"); otherwise they are ordinary words ("No.").
 _NUMBER_ABBREVS = frozenset("no nos nr n° num".split())
 # Other abbreviations: they end a sentence only before a word that typically starts one.
@@ -81,9 +91,38 @@ _GENERIC = frozenset(
     "fig figs eq eqs vol vols ch chap sec sect p pp art para pt pts op ed eds trans est approx ca "
     "cca al dept univ assn assoc ave blvd rd hwy apt bldg min max hr hrs mins secs ref refs ver "
     "misc ex jr sr esq ph.d incl resp dist govt intl natl cm mm km kg lb lbs oz".split()
+    # Less common titles and ranks (prepositive: a name follows).
+    + "insp supt asst atty mgr dir dep cllr commr pfc brig amb ens spc sfc det msgr supr secy treas "
+    "lieut cpt cdr cmdt comdr sup supt rt revd hons mgmt".split()
+    # Bibliographic and legal references, and parts of a work.
+    + "ibid ib cit loc viz ff fn fns nn cols bk bks ser suppl supp repr illus bibl anon orig paras "
+    "subsec subch cl cls sch regs chs fol fols ll vv ann comp comps abbr abbrev encyc juris eccl "
+    "adj adv conj interj pron fem masc neut colloq syn esp approx".split()
+    # Places, units, organisations and other short forms that are no English words.
+    + "ln ct pl sq ste ter terr pkwy rte twp jct ctr isl riv lk mtn cyn hts expy fwy tpke cres cir "
+    "yd yds qt tbsp tsp wk wks mos yr yrs ext tel mfg grp div qty std avg diam biol chem surg pharm "
+    "appt attn estd".split()
 )
+# Times of day: before one of these capitalized words they do not end the sentence ("at 10 a.m.
+# Pacific time", "at 9 a.m. Monday").
+_TIME_ZONES = frozenset(
+    "pacific eastern central mountain atlantic alaska hawaii local standard daylight summer winter "
+    "universal greenwich coordinated".split()
+)
+# Days and months go on a time only when what follows them does ("at 9 a.m. Monday, June 5",
+# "at 9 a.m. Monday." but not "at 3 p.m. Saturday was busy").
+_DATES = frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday january february march april may june "
+    "july august september october november december mon tue tues wed thu thur thurs fri sat sun jan "
+    "feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+_DATE_TAIL = frozenset("morning afternoon evening night".split())
+_OPENING_PREPS = frozenset("at on in by by around about before after until till since from during early late every".split())
+# Interjections spelled without a vowel: unlike "Mgr." or "Pfc." they are words, not abbreviations.
+_VOWELLESS_WORDS = frozenset("hmm hm mmm mm shh sh ssh psst pst brr grr tsk pfft zzz nth".split())
+_VOWELLESS_RE = re.compile(r"[B-DF-HJ-NP-TV-Z][b-df-hj-np-tv-z]{1,4}")
 # Names spelled with "!": before a capitalized word they end a sentence only like abbreviations.
-_BANG_NAMES = frozenset("yahoo yum jeopardy wham".split())
+_BANG_NAMES = frozenset("yahoo yum jeopardy wham joomla e airplane oliver panic".split())
 # Closed-class words that typically start a sentence: after an acronym ("U.S."), an initial or a
 # generic abbreviation, a capitalized word from this list starts a new sentence; any other
 # capitalized word is taken as a proper-noun continuation ("the U.S. Government").
@@ -98,6 +137,7 @@ _STARTERS = frozenset(
 )
 
 _ACRONYM_RE = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+_NUMBER_BEFORE = re.compile(r"\d[\d,.]*\s+\Z")
 _MARKER_ONLY_RE = re.compile(r"[*_\s]*(?:[•⁃‣◦▪\-*+]\s*)?[*_]*(?:\d{1,3}|[A-Za-z]|[ivxIVX]{2,4})")
 # "world.Today": a period between a word and a capitalized word with no space.
 _GLUED_PREV_RE = re.compile(r"(?:[A-Za-z]*[a-z]|\d[\d,]*)")
@@ -632,11 +672,19 @@ class SentenceChunker:
         if low in _NUMBER_ABBREVS:
             return "numabbr"
         if _ACRONYM_RE.fullmatch(tok):
-            return "time" if low in ("a.m", "p.m") else "acronym"
+            if low in ("a.m", "p.m"):
+                return "time"
+            if low in _ERAS:
+                return "era"
+            return "ender" if low in _POSTPOSITIVE else "acronym"
+        if low in _UNITS and _NUMBER_BEFORE.search(self._buf, max(self._seg, j - len(tok) - 12), j - len(tok)):
+            return "unit"
         if len(tok) == 1 and tok.isupper():
             return "initial"
         if low in _GENERIC or (len(tok) == 1 and tok.islower()):
             return "generic"
+        if _VOWELLESS_RE.fullmatch(tok) and low not in _VOWELLESS_WORDS:
+            return "generic"  # "Mgr.", "Pfc.", "Jct.": a capitalized word without a vowel is a short form
         if tok[-1].isdigit():
             return "number"
         return "plain"
@@ -755,7 +803,7 @@ class SentenceChunker:
         a = self._ch(a_pos)
         if a == "":
             return self._end_at(e, depth, out)
-        if a_pos == q and "a" <= a <= "z" and kind in ("period", "bang") and tkind != "title":
+        if a_pos == q and "a" <= a <= "z" and kind in ("period", "bang") and tkind != "title" and len(tok) != 1:
             # "... the store. w) hello x) hello": a letter list marker starts a new item.
             m2 = self._ch(q + 1)
             if m2 in (".", ")"):
@@ -858,15 +906,35 @@ class SentenceChunker:
         self._i = q
         return True
 
+    def _date_goes_on(self, k: int) -> bool:
+        """After a day or month name ending at k: punctuation, a number or "morning" follows."""
+        ch = self._ch(k)
+        if ch != " ":
+            return ch != "" and not ch.isalpha()
+        m = re.compile(r" *([a-z]+|\d)").match(self._buf, k)
+        end = m.end() if m else k
+        if end >= len(self._buf) and not self._final:
+            raise _NeedMore
+        return m is not None and (m.group(1).isdigit() or m.group(1) in _DATE_TAIL)
+
+    def _opens_sentence(self, a_pos: int) -> bool:
+        """Whether the time before a_pos ends an opening adverbial: the sentence so far starts with a
+        preposition ("At 5 a.m. Mr. Smith left", "On Monday at 6 a.m. Mr. Smith arrived")."""
+        head = self._buf[self._seg : a_pos]
+        clause = max(head.rfind(": "), head.rfind("; ")) + 1  # "He noted: In 44 B.C. Caesar died."
+        words = head[clause:].split(None, 1)
+        return bool(words) and words[0].strip("\"'“‘(").lower() in _OPENING_PREPS
+
     def _period_splits(self, tkind: str, a: str, a_pos: int) -> bool:
         """Whether "<token>. <a...>" ends a sentence, given the token's kind."""
         if a.islower() or tkind == "title":
             return False
         if a.isdigit():
-            return tkind in ("plain", "number", "ender")
+            # A time is not followed by a number ("7 a.m. is before 7 p.m. 7 a.m. is ...").
+            return tkind in ("plain", "number", "ender", "time")
         if not (a.isascii() and a.isupper()):
-            return tkind in ("plain", "number", "numabbr", "ender")
-        if tkind in ("plain", "number", "numabbr"):
+            return tkind in ("plain", "number", "numabbr", "ender", "unit")
+        if tkind in ("plain", "number", "numabbr", "unit"):
             return True
         # A capitalized word: read it whole.
         k = a_pos
@@ -876,8 +944,18 @@ class SentenceChunker:
                 break
             k += 1
         word = self._buf[a_pos:k]
-        if tkind == "time":  # "at 6 p.m. Travelers left": a name rarely follows, except a title
-            return word.lower() not in _TITLES and not (word.isupper() and len(word) > 1)
+        if tkind in ("time", "era"):
+            # A time or era usually closes its clause, so a capitalized word after it starts a new
+            # sentence ("at 6 p.m. Mr. Smith left", "in 753 B.C. Augustus ..."), unless the time
+            # ends an opening adverbial ("At 5 a.m. Mr. Smith left", "In 44 B.C. Caesar ...") or
+            # the word goes on with it: a time zone ("at 10 a.m. Pacific time", "p.m. PDT") or a
+            # date ("at 9 a.m. Monday, June 5").
+            low = word.lower()
+            if tkind == "time" and (low in _TIME_ZONES or (word.isupper() and len(word) > 1)):
+                return False
+            if low in _DATES and self._date_goes_on(k):
+                return False
+            return low in _STARTERS or not self._opens_sentence(a_pos)
         word = word.lower()
         if tkind == "ender":
             return word not in _COMPANY_SUFFIXES

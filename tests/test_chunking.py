@@ -106,7 +106,10 @@ EN_CASES = [
     ("Send it to P.O. box 12.", ["Send it to P.O. box 12."]),
     ("I shop at J.C. Penney. It is big.", ["I shop at J.C. Penney.", "It is big."]),
     ("The shop opens at 8 a.m. Customers queue early.", ["The shop opens at 8 a.m.", "Customers queue early."]),
-    ("Call at 5 p.m. Mr. Lee will answer.", ["Call at 5 p.m. Mr. Lee will answer."]),
+    # A title after a time starts a new sentence unless the time ends an opening adverbial (pySBD's
+    # "He left the bank at 6 P.M. | Mr. Smith then went to the store." vs "At 5 a.m. Mr. Smith went").
+    ("Call at 5 p.m. Mr. Lee will answer.", ["Call at 5 p.m.", "Mr. Lee will answer."]),
+    ("At 5 p.m. Mr. Lee will answer.", ["At 5 p.m. Mr. Lee will answer."]),
     ("The Müller GmbH & Co. KG is a firm.", ["The Müller GmbH & Co. KG is a firm."]),
     ("He works at Yahoo! Labs now. It is fun.", ["He works at Yahoo! Labs now.", "It is fun."]),
     # Initials and the pronoun I.
