@@ -137,6 +137,16 @@ _STARTERS = frozenset(
 )
 
 _ACRONYM_RE = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+# Reference marks after a sentence end belong to it ("martyr.[1] The", "a gas. [1][2] It").
+_REF_MARKS = re.compile(r"(?: ?\[\d{1,3}\])+")
+# An ellipsis after ! or ? ("Happy! ... no one", "Happy? . . .  No one").
+_AFTER_BANG_ELLIPSIS = re.compile(r"\.(?: ?\.){2,}")
+# Words that begin with an apostrophe: no quote opens there ("'Tis", "get 'em", "the 'nineties").
+_ELISIONS = frozenset(
+    "tis twas twere twill em til cause cos round bout n nuff ere neath gainst scuse "
+    "twenties thirties forties fifties sixties seventies eighties nineties".split()
+)
+_LETTERS = re.compile(r"[A-Za-z]+")
 _NUMBER_BEFORE = re.compile(r"\d[\d,.]*\s+\Z")
 _MARKER_ONLY_RE = re.compile(r"[*_\s]*(?:[•⁃‣◦▪\-*+]\s*)?[*_]*(?:\d{1,3}|[A-Za-z]|[ivxIVX]{2,4})")
 # "world.Today": a period between a word and a capitalized word with no space.
@@ -745,11 +755,17 @@ class SentenceChunker:
                 break
         if kind == "ellipsis" and j > self._seg and buf[j - 1] in "[(":
             return self._no_break(e, depth, -1)  # "[...]" marks an omission, not an end
+        e = self._ref_marks(e)
         nx = self._ch(e)
         if nx == "":
             return self._end_at(e, depth, out)
         tok = self._prev_token(j) if kind in ("period", "attached_spaced") else ""
         tkind = self._token_kind(j, tok) if tok or kind == "period" or c == "．" else "plain"
+        if kind == "period" and not attached and tkind == "plain":
+            # Tokenized text sets a period off by a space: "Mr . Robinson", "U.S . Highway 190".
+            word = self._prev_token(j - 1) if j - 1 > self._seg and buf[j - 1] == " " else ""
+            if word.lower() in _TITLES or _ACRONYM_RE.fullmatch(word):
+                tkind = "title" if word.lower() in _TITLES else "acronym"
         if tkind == "marker" and kind in ("period", "bang", "cjk"):
             self._depth = depth
             self._i = e
@@ -783,6 +799,10 @@ class SentenceChunker:
                 return self._end_at(e, depth, out)
         if depth > 0:
             return self._no_break(q, depth, last_nl)
+        if kind == "bang" and ch == "." and not newlines:
+            return self._bang_ellipsis(q, depth, out)
+        if ch == "(" and not has_closer and self._starter_follows(q + 1):
+            return self._end_at(e, depth, out)  # "... the same line. (How about a sentence?)"
         if ch in "([":
             # A parenthesis after a sentence end belongs to that sentence, unless it is a list
             # marker such as "(b)" or "(iv)".
@@ -827,6 +847,44 @@ class SentenceChunker:
         if split:
             return self._end_at(e, depth, out)
         return self._no_break(q, depth, last_nl)
+
+    def _ref_marks(self, e: int) -> int:
+        """The end of the reference marks ("[1]", " [2][3]") that start at e, or e."""
+        if self._ch(e) not in "[ " or (self._ch(e) == " " and self._ch(e + 1) != "["):
+            return e
+        limit = e + 6 * 8
+        m = _REF_MARKS.match(self._buf, e, limit)
+        end = m.end() if m else e
+        if len(self._buf) < end + 6 and not self._final:
+            raise _NeedMore  # "[12" so far, or another mark may follow
+        return end
+
+    def _bang_ellipsis(self, q: int, depth: int, out: list[str]) -> bool:
+        """"Happy! ... no one" goes on; "Happy! ...  No one" ends after the ellipsis."""
+        limit = q + 16
+        m = _AFTER_BANG_ELLIPSIS.match(self._buf, q, limit)
+        if m is None or m.end() >= len(self._buf):
+            if not self._final and len(self._buf) < limit:
+                raise _NeedMore
+            if m is None:
+                return self._no_break(q, depth, -1)
+        r = m.end()
+        while self._ch(r).isspace() and r - q < _SCAN_LIMIT:
+            r += 1
+        a = self._ch(r)
+        if a == "" or not a.islower():
+            return self._end_at(m.end(), depth, out)
+        return self._no_break(r, depth, -1)
+
+    def _starter_follows(self, k: int) -> bool:
+        """Whether a capitalized sentence starter begins at k ("(How about ...", "(This is ...")."""
+        end = k
+        while self._ch(end).isalpha() or self._ch(end) in "'’":
+            end += 1
+            if end - k > 12:
+                return False
+        word = self._buf[k:end]
+        return word[:1].isupper() and word.lower() in _STARTERS
 
     def _after_symbols(self, q: int, depth: int, last_nl: int, kind: str, tkind: str, out: list[str]) -> bool:
         """Emoji after a sentence end stay with it; the sentence then ends after them if it ends."""
@@ -873,7 +931,7 @@ class SentenceChunker:
         elif c in "'’":
             nxt = self._ch(j + 1)
             if c == "'" and opening_ctx and nxt.isalpha():
-                delta = 1 if self._single_quote_closes(j) else 0
+                delta = 0 if self._elision(j + 1) else 1 if self._single_quote_closes(j) else 0
             elif prev.isalnum() and nxt.isalnum():
                 delta = 0  # an apostrophe: don't, Jane's
             else:
@@ -883,6 +941,15 @@ class SentenceChunker:
         self._depth = max(0, self._depth + delta)
         self._i = j + 1
         return True
+
+    def _elision(self, k: int) -> bool:
+        """Whether the word at k, after an apostrophe, is an elision ("'tis", "'em", "'nineties")."""
+        end = k
+        while self._ch(end).isalpha():
+            end += 1
+            if end - k > 12:
+                return False
+        return self._buf[k:end].lower() in _ELISIONS
 
     def _single_quote_closes(self, j: int) -> bool:
         """Whether the ' at j opens a quote: a closing ' follows on the line ("'nineties" has none)."""
