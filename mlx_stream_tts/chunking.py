@@ -90,7 +90,7 @@ _GENERIC = frozenset(
     "jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun "
     "fig figs eq eqs vol vols ch chap sec sect p pp art para pt pts op ed eds trans est approx ca "
     "cca al dept univ assn assoc ave blvd rd hwy apt bldg min max hr hrs mins secs ref refs ver "
-    "misc ex jr sr esq ph.d incl resp dist govt intl natl cm mm km kg lb lbs oz".split()
+    "misc ex jr sr esq incl resp dist govt intl natl cm mm km kg lb lbs oz".split()
     # Less common titles and ranks (prepositive: a name follows).
     + "insp supt asst atty mgr dir dep cllr commr pfc brig amb ens spc sfc det msgr supr secy treas "
     "lieut cpt cdr cmdt comdr sup supt rt revd hons mgmt".split()
@@ -141,9 +141,10 @@ _ACRONYM_RE = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 _REF_MARKS = re.compile(r"(?: ?\[\d{1,3}\])+")
 # An ellipsis after ! or ? ("Happy! ... no one", "Happy? . . .  No one").
 _AFTER_BANG_ELLIPSIS = re.compile(r"\.(?: ?\.){2,}")
-# Words that begin with an apostrophe: no quote opens there ("'Tis", "get 'em", "the 'nineties").
+# Words that begin with an apostrophe: no quote opens there ("'Tis", "get 'em", "the 'nineties",
+# and the clitics of tokenized text: "Walter 's brother", "they 're").
 _ELISIONS = frozenset(
-    "tis twas twere twill em til cause cos round bout n nuff ere neath gainst scuse "
+    "tis twas twere twill em til cause cos round bout n nuff ere neath gainst scuse s re ll ve d m t "
     "twenties thirties forties fifties sixties seventies eighties nineties".split()
 )
 _LETTERS = re.compile(r"[A-Za-z]+")
@@ -677,7 +678,7 @@ class SentenceChunker:
         low = tok.lower().rstrip("'’")
         if low in _TITLES:
             return "title"
-        if low in _ENDERS:
+        if low in _ENDERS or low in _POSTPOSITIVE:
             return "ender"
         if low in _NUMBER_ABBREVS:
             return "numabbr"
@@ -686,7 +687,7 @@ class SentenceChunker:
                 return "time"
             if low in _ERAS:
                 return "era"
-            return "ender" if low in _POSTPOSITIVE else "acronym"
+            return "acronym"
         if low in _UNITS and _NUMBER_BEFORE.search(self._buf, max(self._seg, j - len(tok) - 12), j - len(tok)):
             return "unit"
         if len(tok) == 1 and tok.isupper():
