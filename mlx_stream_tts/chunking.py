@@ -73,6 +73,16 @@ _TITLES = frozenset(
 # suffix, "Co. Ltd.").
 _ENDERS = frozenset("etc co inc ltd corp llc plc bros gmbh pty lp llp".split())
 _COMPANY_SUFFIXES = frozenset("ltd inc co corp llc plc gmbh kg limited ag sa pty lp llp".split())
+# Degrees follow the name they qualify, so they often end a sentence: a capitalized word after them
+# starts a new one ("She earned her Ph.D. Tom was impressed").
+_POSTPOSITIVE = frozenset("ph.d m.d b.a m.a b.s m.s b.sc m.sc d.phil ll.b ll.m m.b.a d.d.s r.n".split())
+# Eras behave like times of day: "founded in 753 B.C. Augustus ..." ends, "In 44 B.C. Caesar ..." not.
+_ERAS = frozenset("b.c a.d c.e b.c.e a.h".split())
+# Units: after a number ("5 ft.") they end a sentence before a capitalized word, never before a
+# number ("5 ft. 3 in. long"); elsewhere they are read as their own kind ("in" a word, "lb" generic).
+_UNITS = frozenset(
+    "in ft yd yds mi lb lbs oz kg g mg km cm mm m hr hrs min mins sec secs gal qt pt tsp tbsp sq cu".split()
+)
 # Before a number they never end a sentence ("No. 5"); otherwise they are ordinary words ("No.").
 _NUMBER_ABBREVS = frozenset("no nos nr n° num".split())
 # Other abbreviations: they end a sentence only before a word that typically starts one.
@@ -80,10 +90,39 @@ _GENERIC = frozenset(
     "jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun "
     "fig figs eq eqs vol vols ch chap sec sect p pp art para pt pts op ed eds trans est approx ca "
     "cca al dept univ assn assoc ave blvd rd hwy apt bldg min max hr hrs mins secs ref refs ver "
-    "misc ex jr sr esq ph.d incl resp dist govt intl natl cm mm km kg lb lbs oz".split()
+    "misc ex jr sr esq incl resp dist govt intl natl cm mm km kg lb lbs oz".split()
+    # Less common titles and ranks (prepositive: a name follows).
+    + "insp supt asst atty mgr dir dep cllr commr pfc brig amb ens spc sfc det msgr supr secy treas "
+    "lieut cpt cdr cmdt comdr sup supt rt revd hons mgmt".split()
+    # Bibliographic and legal references, and parts of a work.
+    + "ibid ib cit loc viz ff fn fns nn cols bk bks ser suppl supp repr illus bibl anon orig paras "
+    "subsec subch cl cls sch regs chs fol fols ll vv ann comp comps abbr abbrev encyc juris eccl "
+    "adj adv conj interj pron fem masc neut colloq syn esp approx".split()
+    # Places, units, organisations and other short forms that are no English words.
+    + "ln ct pl sq ste ter terr pkwy rte twp jct ctr isl riv lk mtn cyn hts expy fwy tpke cres cir "
+    "yd yds qt tbsp tsp wk wks mos yr yrs ext tel mfg grp div qty std avg diam biol chem surg pharm "
+    "appt attn estd".split()
 )
+# Times of day: before one of these capitalized words they do not end the sentence ("at 10 a.m.
+# Pacific time", "at 9 a.m. Monday").
+_TIME_ZONES = frozenset(
+    "pacific eastern central mountain atlantic alaska hawaii local standard daylight summer winter "
+    "universal greenwich coordinated".split()
+)
+# Days and months go on a time only when what follows them does ("at 9 a.m. Monday, June 5",
+# "at 9 a.m. Monday." but not "at 3 p.m. Saturday was busy").
+_DATES = frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday january february march april may june "
+    "july august september october november december mon tue tues wed thu thur thurs fri sat sun jan "
+    "feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+_DATE_TAIL = frozenset("morning afternoon evening night".split())
+_OPENING_PREPS = frozenset("at on in by by around about before after until till since from during early late every".split())
+# Interjections spelled without a vowel: unlike "Mgr." or "Pfc." they are words, not abbreviations.
+_VOWELLESS_WORDS = frozenset("hmm hm mmm mm shh sh ssh psst pst brr grr tsk pfft zzz nth".split())
+_VOWELLESS_RE = re.compile(r"[B-DF-HJ-NP-TV-Z][b-df-hj-np-tv-z]{1,4}")
 # Names spelled with "!": before a capitalized word they end a sentence only like abbreviations.
-_BANG_NAMES = frozenset("yahoo yum jeopardy wham".split())
+_BANG_NAMES = frozenset("yahoo yum jeopardy wham joomla e airplane oliver panic".split())
 # Closed-class words that typically start a sentence: after an acronym ("U.S."), an initial or a
 # generic abbreviation, a capitalized word from this list starts a new sentence; any other
 # capitalized word is taken as a proper-noun continuation ("the U.S. Government").
@@ -98,6 +137,18 @@ _STARTERS = frozenset(
 )
 
 _ACRONYM_RE = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+# Reference marks after a sentence end belong to it ("martyr.[1] The", "a gas. [1][2] It").
+_REF_MARKS = re.compile(r"(?: ?\[\d{1,3}\])+")
+# An ellipsis after ! or ? ("Happy! ... no one", "Happy? . . .  No one").
+_AFTER_BANG_ELLIPSIS = re.compile(r"\.(?: ?\.){2,}")
+# Words that begin with an apostrophe: no quote opens there ("'Tis", "get 'em", "the 'nineties",
+# and the clitics of tokenized text: "Walter 's brother", "they 're").
+_ELISIONS = frozenset(
+    "tis twas twere twill em til cause cos round bout n nuff ere neath gainst scuse s re ll ve d m t "
+    "twenties thirties forties fifties sixties seventies eighties nineties".split()
+)
+_LETTERS = re.compile(r"[A-Za-z]+")
+_NUMBER_BEFORE = re.compile(r"\d[\d,.]*\s+\Z")
 _MARKER_ONLY_RE = re.compile(r"[*_\s]*(?:[•⁃‣◦▪\-*+]\s*)?[*_]*(?:\d{1,3}|[A-Za-z]|[ivxIVX]{2,4})")
 # "world.Today": a period between a word and a capitalized word with no space.
 _GLUED_PREV_RE = re.compile(r"(?:[A-Za-z]*[a-z]|\d[\d,]*)")
@@ -627,16 +678,24 @@ class SentenceChunker:
         low = tok.lower().rstrip("'’")
         if low in _TITLES:
             return "title"
-        if low in _ENDERS:
+        if low in _ENDERS or low in _POSTPOSITIVE:
             return "ender"
         if low in _NUMBER_ABBREVS:
             return "numabbr"
         if _ACRONYM_RE.fullmatch(tok):
-            return "time" if low in ("a.m", "p.m") else "acronym"
+            if low in ("a.m", "p.m"):
+                return "time"
+            if low in _ERAS:
+                return "era"
+            return "acronym"
+        if low in _UNITS and _NUMBER_BEFORE.search(self._buf, max(self._seg, j - len(tok) - 12), j - len(tok)):
+            return "unit"
         if len(tok) == 1 and tok.isupper():
             return "initial"
         if low in _GENERIC or (len(tok) == 1 and tok.islower()):
             return "generic"
+        if _VOWELLESS_RE.fullmatch(tok) and low not in _VOWELLESS_WORDS:
+            return "generic"  # "Mgr.", "Pfc.", "Jct.": a capitalized word without a vowel is a short form
         if tok[-1].isdigit():
             return "number"
         return "plain"
@@ -697,11 +756,17 @@ class SentenceChunker:
                 break
         if kind == "ellipsis" and j > self._seg and buf[j - 1] in "[(":
             return self._no_break(e, depth, -1)  # "[...]" marks an omission, not an end
+        e = self._ref_marks(e)
         nx = self._ch(e)
         if nx == "":
             return self._end_at(e, depth, out)
         tok = self._prev_token(j) if kind in ("period", "attached_spaced") else ""
         tkind = self._token_kind(j, tok) if tok or kind == "period" or c == "．" else "plain"
+        if kind == "period" and not attached and tkind == "plain":
+            # Tokenized text sets a period off by a space: "Mr . Robinson", "U.S . Highway 190".
+            word = self._prev_token(j - 1) if j - 1 > self._seg and buf[j - 1] == " " else ""
+            if word.lower() in _TITLES or _ACRONYM_RE.fullmatch(word):
+                tkind = "title" if word.lower() in _TITLES else "acronym"
         if tkind == "marker" and kind in ("period", "bang", "cjk"):
             self._depth = depth
             self._i = e
@@ -735,6 +800,10 @@ class SentenceChunker:
                 return self._end_at(e, depth, out)
         if depth > 0:
             return self._no_break(q, depth, last_nl)
+        if kind == "bang" and ch == "." and not newlines:
+            return self._bang_ellipsis(q, depth, out)
+        if ch == "(" and not has_closer and self._starter_follows(q + 1):
+            return self._end_at(e, depth, out)  # "... the same line. (How about a sentence?)"
         if ch in "([":
             # A parenthesis after a sentence end belongs to that sentence, unless it is a list
             # marker such as "(b)" or "(iv)".
@@ -755,7 +824,7 @@ class SentenceChunker:
         a = self._ch(a_pos)
         if a == "":
             return self._end_at(e, depth, out)
-        if a_pos == q and "a" <= a <= "z" and kind in ("period", "bang") and tkind != "title":
+        if a_pos == q and "a" <= a <= "z" and kind in ("period", "bang") and tkind != "title" and len(tok) != 1:
             # "... the store. w) hello x) hello": a letter list marker starts a new item.
             m2 = self._ch(q + 1)
             if m2 in (".", ")"):
@@ -779,6 +848,44 @@ class SentenceChunker:
         if split:
             return self._end_at(e, depth, out)
         return self._no_break(q, depth, last_nl)
+
+    def _ref_marks(self, e: int) -> int:
+        """The end of the reference marks ("[1]", " [2][3]") that start at e, or e."""
+        if self._ch(e) not in "[ " or (self._ch(e) == " " and self._ch(e + 1) != "["):
+            return e
+        limit = e + 6 * 8
+        m = _REF_MARKS.match(self._buf, e, limit)
+        end = m.end() if m else e
+        if len(self._buf) < end + 6 and not self._final:
+            raise _NeedMore  # "[12" so far, or another mark may follow
+        return end
+
+    def _bang_ellipsis(self, q: int, depth: int, out: list[str]) -> bool:
+        """"Happy! ... no one" goes on; "Happy! ...  No one" ends after the ellipsis."""
+        limit = q + 16
+        m = _AFTER_BANG_ELLIPSIS.match(self._buf, q, limit)
+        if m is None or m.end() >= len(self._buf):
+            if not self._final and len(self._buf) < limit:
+                raise _NeedMore
+            if m is None:
+                return self._no_break(q, depth, -1)
+        r = m.end()
+        while self._ch(r).isspace() and r - q < _SCAN_LIMIT:
+            r += 1
+        a = self._ch(r)
+        if a == "" or not a.islower():
+            return self._end_at(m.end(), depth, out)
+        return self._no_break(r, depth, -1)
+
+    def _starter_follows(self, k: int) -> bool:
+        """Whether a capitalized sentence starter begins at k ("(How about ...", "(This is ...")."""
+        end = k
+        while self._ch(end).isalpha() or self._ch(end) in "'’":
+            end += 1
+            if end - k > 12:
+                return False
+        word = self._buf[k:end]
+        return word[:1].isupper() and word.lower() in _STARTERS
 
     def _after_symbols(self, q: int, depth: int, last_nl: int, kind: str, tkind: str, out: list[str]) -> bool:
         """Emoji after a sentence end stay with it; the sentence then ends after them if it ends."""
@@ -825,7 +932,7 @@ class SentenceChunker:
         elif c in "'’":
             nxt = self._ch(j + 1)
             if c == "'" and opening_ctx and nxt.isalpha():
-                delta = 1 if self._single_quote_closes(j) else 0
+                delta = 0 if self._elision(j + 1) else 1 if self._single_quote_closes(j) else 0
             elif prev.isalnum() and nxt.isalnum():
                 delta = 0  # an apostrophe: don't, Jane's
             else:
@@ -835,6 +942,15 @@ class SentenceChunker:
         self._depth = max(0, self._depth + delta)
         self._i = j + 1
         return True
+
+    def _elision(self, k: int) -> bool:
+        """Whether the word at k, after an apostrophe, is an elision ("'tis", "'em", "'nineties")."""
+        end = k
+        while self._ch(end).isalpha():
+            end += 1
+            if end - k > 12:
+                return False
+        return self._buf[k:end].lower() in _ELISIONS
 
     def _single_quote_closes(self, j: int) -> bool:
         """Whether the ' at j opens a quote: a closing ' follows on the line ("'nineties" has none)."""
@@ -858,15 +974,35 @@ class SentenceChunker:
         self._i = q
         return True
 
+    def _date_goes_on(self, k: int) -> bool:
+        """After a day or month name ending at k: punctuation, a number or "morning" follows."""
+        ch = self._ch(k)
+        if ch != " ":
+            return ch != "" and not ch.isalpha()
+        m = re.compile(r" *([a-z]+|\d)").match(self._buf, k)
+        end = m.end() if m else k
+        if end >= len(self._buf) and not self._final:
+            raise _NeedMore
+        return m is not None and (m.group(1).isdigit() or m.group(1) in _DATE_TAIL)
+
+    def _opens_sentence(self, a_pos: int) -> bool:
+        """Whether the time before a_pos ends an opening adverbial: the sentence so far starts with a
+        preposition ("At 5 a.m. Mr. Smith left", "On Monday at 6 a.m. Mr. Smith arrived")."""
+        head = self._buf[self._seg : a_pos]
+        clause = max(head.rfind(": "), head.rfind("; ")) + 1  # "He noted: In 44 B.C. Caesar died."
+        words = head[clause:].split(None, 1)
+        return bool(words) and words[0].strip("\"'“‘(").lower() in _OPENING_PREPS
+
     def _period_splits(self, tkind: str, a: str, a_pos: int) -> bool:
         """Whether "<token>. <a...>" ends a sentence, given the token's kind."""
         if a.islower() or tkind == "title":
             return False
         if a.isdigit():
-            return tkind in ("plain", "number", "ender")
+            # A time is not followed by a number ("7 a.m. is before 7 p.m. 7 a.m. is ...").
+            return tkind in ("plain", "number", "ender", "time")
         if not (a.isascii() and a.isupper()):
-            return tkind in ("plain", "number", "numabbr", "ender")
-        if tkind in ("plain", "number", "numabbr"):
+            return tkind in ("plain", "number", "numabbr", "ender", "unit")
+        if tkind in ("plain", "number", "numabbr", "unit"):
             return True
         # A capitalized word: read it whole.
         k = a_pos
@@ -876,8 +1012,18 @@ class SentenceChunker:
                 break
             k += 1
         word = self._buf[a_pos:k]
-        if tkind == "time":  # "at 6 p.m. Travelers left": a name rarely follows, except a title
-            return word.lower() not in _TITLES and not (word.isupper() and len(word) > 1)
+        if tkind in ("time", "era"):
+            # A time or era usually closes its clause, so a capitalized word after it starts a new
+            # sentence ("at 6 p.m. Mr. Smith left", "in 753 B.C. Augustus ..."), unless the time
+            # ends an opening adverbial ("At 5 a.m. Mr. Smith left", "In 44 B.C. Caesar ...") or
+            # the word goes on with it: a time zone ("at 10 a.m. Pacific time", "p.m. PDT") or a
+            # date ("at 9 a.m. Monday, June 5").
+            low = word.lower()
+            if tkind == "time" and (low in _TIME_ZONES or (word.isupper() and len(word) > 1)):
+                return False
+            if low in _DATES and self._date_goes_on(k):
+                return False
+            return low in _STARTERS or not self._opens_sentence(a_pos)
         word = word.lower()
         if tkind == "ender":
             return word not in _COMPANY_SUFFIXES

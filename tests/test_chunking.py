@@ -106,7 +106,51 @@ EN_CASES = [
     ("Send it to P.O. box 12.", ["Send it to P.O. box 12."]),
     ("I shop at J.C. Penney. It is big.", ["I shop at J.C. Penney.", "It is big."]),
     ("The shop opens at 8 a.m. Customers queue early.", ["The shop opens at 8 a.m.", "Customers queue early."]),
-    ("Call at 5 p.m. Mr. Lee will answer.", ["Call at 5 p.m. Mr. Lee will answer."]),
+    # A title after a time starts a new sentence unless the time ends an opening adverbial (pySBD's
+    # "He left the bank at 6 P.M. | Mr. Smith then went to the store." vs "At 5 a.m. Mr. Smith went").
+    ("Call at 5 p.m. Mr. Lee will answer.", ["Call at 5 p.m.", "Mr. Lee will answer."]),
+    ("At 5 p.m. Mr. Lee will answer.", ["At 5 p.m. Mr. Lee will answer."]),
+    # Times go on before a time zone or a date, and end before a number or a sentence starter.
+    ("The call is at 10 a.m. Pacific time on Monday.", ["The call is at 10 a.m. Pacific time on Monday."]),
+    ("It leaves at 6 p.m. Eastern Standard Time.", ["It leaves at 6 p.m. Eastern Standard Time."]),
+    ("It starts at 9 a.m. Monday, June 5.", ["It starts at 9 a.m. Monday, June 5."]),
+    ("We met at 3 p.m. Saturday was busy.", ["We met at 3 p.m.", "Saturday was busy."]),
+    ("Wake at 7 a.m. 8 a.m. is too late.", ["Wake at 7 a.m.", "8 a.m. is too late."]),
+    ("At 6 a.m. The birds sing.", ["At 6 a.m.", "The birds sing."]),
+    ("At 7 a. m. we left.", ["At 7 a. m. we left."]),
+    # Eras behave like times; degrees after a name usually close the sentence.
+    ("Rome was founded in 753 B.C. Augustus came later.", ["Rome was founded in 753 B.C.", "Augustus came later."]),
+    ("In 44 B.C. Caesar was killed.", ["In 44 B.C. Caesar was killed."]),
+    ("She earned her Ph.D. Tom was impressed.", ["She earned her Ph.D.", "Tom was impressed."]),
+    ("He earned a Ph.D. in physics.", ["He earned a Ph.D. in physics."]),
+    # Less common titles and ranks, and capitalized short forms without a vowel.
+    ("Insp. Morse arrived late.", ["Insp. Morse arrived late."]),
+    ("Supt. Hastings and Asst. Director Kim agreed.", ["Supt. Hastings and Asst. Director Kim agreed."]),
+    ("Meet Mgr. Singh at the Jct. North exit.", ["Meet Mgr. Singh at the Jct. North exit."]),
+    ("Hmm. That is odd.", ["Hmm.", "That is odd."]),
+    # Bibliographic and legal references.
+    ("The claim (cf. Smith 2001) is weak.", ["The claim (cf. Smith 2001) is weak."]),
+    ("See vol. 3, para. 12 of the report.", ["See vol. 3, para. 12 of the report."]),
+    ("The rule is in ibid. Section 4 of it.", ["The rule is in ibid. Section 4 of it."]),
+    ("Call ext. 42 for help.", ["Call ext. 42 for help."]),
+    # Units after a number: a number goes on, a capitalized word starts a new sentence.
+    ("It was 5 ft. 3 in. tall.", ["It was 5 ft. 3 in. tall."]),
+    ("The box weighs 5 lb. Tom lifted it.", ["The box weighs 5 lb.", "Tom lifted it."]),
+    # Words that are no abbreviations still end sentences before any capitalized word.
+    ("Fixed the app. Tests pass.", ["Fixed the app.", "Tests pass."]),
+    ("Updated the spec. Tests pass.", ["Updated the spec.", "Tests pass."]),
+    # Reference marks stay with their sentence.
+    ("Tests pass.[1] The build is green.", ["Tests pass.[1]", "The build is green."]),
+    ("Tests pass. [1][2] The build is green.", ["Tests pass. [1][2]", "The build is green."]),
+    # Names spelled with ! or ?, and an ellipsis after them.
+    ("She was a Jeopardy! champion for years.", ["She was a Jeopardy! champion for years."]),
+    ("I love Yahoo! It is great.", ["I love Yahoo!", "It is great."]),
+    ("Who Wants to Be a Millionaire? host Regis retired.", ["Who Wants to Be a Millionaire? host Regis retired."]),
+    ("Happy! ... no one said so.", ["Happy! ... no one said so."]),
+    ("Happy? ...  No one said so.", ["Happy? ...", "No one said so."]),
+    # A sentence in parentheses after an end; an elided word is no quote.
+    ("It ran. (How it ran is unclear.)", ["It ran.", "(How it ran is unclear.)"]),
+    ("'Tis the season. Joy to the world.", ["'Tis the season.", "Joy to the world."]),
     ("The Müller GmbH & Co. KG is a firm.", ["The Müller GmbH & Co. KG is a firm."]),
     ("He works at Yahoo! Labs now. It is fun.", ["He works at Yahoo! Labs now.", "It is fun."]),
     # Initials and the pronoun I.
@@ -329,6 +373,14 @@ def test_japanese_particle_join_only_in_japanese_mode():
         # After an acronym the whole next word is needed.
         ("I live in the U.K. Then I moved.", [("I live in the U.K.", 23), ("Then I moved.", None)]),
         ("See e.g. Foo", [("See e.g. Foo", None)]),
+        # After a time the next word decides: a sentence starter ends it, a time zone goes on.
+        ("We met at 10 a.m. The bar was shut.", [("We met at 10 a.m.", 21), ("The bar was shut.", None)]),
+        ("Wake at 7 a.m. 8 a.m. is late.", [("Wake at 7 a.m.", 15), ("8 a.m. is late.", None)]),
+        # Reference marks: a few characters past them show that no other mark follows.
+        ("Tests pass. [1] The build is green.", [("Tests pass. [1]", 20), ("The build is green.", None)]),
+        ("Happy! ... No one came.", [("Happy! ...", 11), ("No one came.", None)]),
+        # An elision opens no quote, so nothing waits for a closing one.
+        ("Get 'em while hot. They go fast.", [("Get 'em while hot.", 19), ("They go fast.", None)]),
         ("これです。それ", [("これです。", 5), ("それ", None)]),
         ("「はい。」と言う", [("「はい。」と言う", None)]),
         # A code block goes out when its closing fence line ends, not before.
