@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -429,21 +430,33 @@ def test_error_capture_spoken_as_its_message_once_and_marked(name):
     assert "Claude Code error" not in runs[0][1]  # the message, not the generic cue
 
 
+def runs_of_cuts(data: bytes, cuts: list[int]) -> list[tuple[bool, str]]:
+    """Feed `data` cut at `cuts`; the (is an error, text) runs of the output."""
+    reader = StreamJsonReader()
+    out: list[str] = []
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        out += reader.feed(data[start:end])
+    out += reader.finish()
+    runs: list[tuple[bool, str]] = []
+    for piece in out:
+        flag = is_error_text(piece)
+        if runs and runs[-1][0] == flag:
+            runs[-1] = (flag, runs[-1][1] + piece)
+        else:
+            runs.append((flag, str(piece)))
+    return runs
+
+
 @pytest.mark.parametrize("name", sorted(ERROR_EXPECTED))
 def test_error_capture_split_anywhere_gives_the_same_marked_output(name):
     data = fixture_bytes(name)
     whole = pieces_of(data.splitlines(keepends=True))
     for chunk in (1, 2, 7, 64, 4093):
-        reader = StreamJsonReader()
-        runs: list[tuple[bool, str]] = []
-        for i in range(0, len(data), chunk):
-            for piece in reader.feed(data[i : i + chunk]) + (reader.finish() if i + chunk >= len(data) else []):
-                flag = is_error_text(piece)
-                if runs and runs[-1][0] == flag:
-                    runs[-1] = (flag, runs[-1][1] + piece)
-                else:
-                    runs.append((flag, str(piece)))
-        assert runs == whole, chunk
+        assert runs_of_cuts(data, list(range(chunk, len(data), chunk))) == whole, chunk
+    rng = random.Random(len(data))
+    for _ in range(200):  # cut at random places, inside lines and characters too
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        assert runs_of_cuts(data, cuts) == whole, cuts
 
 
 def test_text_pieces_are_plain_and_cues_are_marked():
