@@ -9,9 +9,15 @@ What is spoken: main-thread assistant text, in order, once. With partial message
 arrives up to three times (``text_delta`` pieces, the ``assistant`` line for the block, then
 ``result.result``); deltas are spoken as they come and the other copies are recognised and skipped.
 Each text block ends with a paragraph break ("\\n\\n") so a downstream sentence chunker closes the
-last sentence at once instead of waiting for the next block. CLI-generated failures become a short
-English cue in a paragraph of its own. Optionally (``tools=True``) each main-thread tool call gets a
-one-line summary ("Running Bash: pytest -q.").
+last sentence at once instead of waiting for the next block. Optionally (``tools=True``) each
+main-thread tool call gets a one-line summary ("Running Bash: pytest -q.").
+
+Errors: when the CLI reports a failure with a message of its own (the ``<synthetic>`` assistant line
+that the user sees on screen: "Not logged in · Please run /login"), that message is spoken, cleaned
+for the ear (see :func:`error_message`); a failure with no readable text gets a short English cue
+("Claude Code error: rate limit reached."). Either is a paragraph of its own and comes as an
+:class:`ErrorText`, a ``str`` whose ``error`` attribute is True, so that a consumer can tell it from
+the assistant's words; plain text pieces are plain ``str``.
 
 Bad input (garbage, invalid UTF-8, truncated lines, wrong field types, unknown types) is logged and
 skipped; it never raises out of the reader.
@@ -19,6 +25,7 @@ skipped; it never raises out of the reader.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import OrderedDict
@@ -32,15 +39,16 @@ try:
 
     _loads = orjson.loads
 except ImportError:  # pragma: no cover - orjson is a dependency; json is only a fallback
-    import json
-
     _loads = json.loads
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ErrorText",
     "StreamJsonReader",
     "error_cue",
+    "error_message",
+    "is_error_text",
     "looks_like_stream_json",
     "parse_stream_json",
     "text_blocks",
@@ -73,6 +81,11 @@ _ERROR_CODES = {
     "model_not_found": "model not found",
     "overloaded": "server overloaded",
     "overloaded_error": "server overloaded",
+    "oauth_org_not_allowed": "organization not allowed",
+    "account_on_hold": "account on hold",
+    "verification_required": "verification required",
+    "max_output_tokens": "output token limit reached",
+    "cloud_credential_error": "cloud credentials problem",
 }
 _HTTP_STATUS = {
     400: "invalid request",
@@ -236,6 +249,183 @@ def error_cue(code: Any = None, status: Any = None, message: Any = None) -> str:
     return _error_cue(_error_phrase(code, status, message))
 
 
+class ErrorText(str):
+    """A text piece that reports an error: Claude Code's own message, or a cue for a failure.
+
+    It is a ``str`` (code that only wants the text needs nothing new) with ``error = True``. Only the
+    piece itself is marked: what ``+``, slicing or ``strip()`` make of it is a plain ``str``, so a
+    consumer reads the mark where it receives the piece (:func:`is_error_text`). An error piece is
+    always a whole paragraph of its own (it ends with a paragraph break, and the text before it was
+    closed), so every sentence a chunker cuts from it belongs to the error.
+    """
+
+    __slots__ = ()
+    error = True
+
+
+def is_error_text(piece: Any) -> bool:
+    """Tell whether a text piece from a reader reports an error (an :class:`ErrorText`)."""
+    return getattr(piece, "error", False) is True
+
+
+# -- error messages, cleaned for the ear -----------------------------------------------------------
+
+_JSON_DECODER = json.JSONDecoder()
+# The parts of one CLI message are joined by a middle dot: "Not logged in · Please run /login".
+_PART_SEPARATOR = re.compile(r"\s+[·•∙]\s+|\s*\n\s*")
+_API_STATUS = re.compile(r"\b(API Error):?\s+(\d{3})\b([\s:]*)(?=(.?))", re.IGNORECASE)
+_EPOCH_SUFFIX = re.compile(r"\|\s*\d{9,}\s*$")  # "Claude AI usage limit reached|1752757200" (old CLIs)
+# "resets 2pm (Europe/Helsinki)": the listener's own time zone, noise when read aloud.
+_TIME_ZONE = re.compile(r"\s*\((?:UTC|GMT|[A-Za-z]+(?:/[A-Za-z0-9_+-]+)+)\)")
+_URL = re.compile(r"\b(?:https?|wss?)://(?:www\.)?([^\s/?#<>()\[\]\"']+)[^\s<>()\[\]\"']*", re.IGNORECASE)
+_REQUEST_ID = re.compile(r"[\s,;(]*\b(?:request[ _]?id\W*)?req_[A-Za-z0-9]+\)?", re.IGNORECASE)
+_PAREN_CODE = re.compile(r"\((E[A-Z0-9_]{2,}|[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+)\)")
+_SNAKE_WORD = re.compile(r"(?<![\w./-])[a-z]+(?:_[a-z]+)+(?![\w./-])")
+_CAMEL_PART = re.compile(r"[A-Z][a-z0-9]*")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=\S)")
+# A sentence that says what to do is kept even when it comes after the budget.
+_INSTRUCTION = re.compile(
+    r"^(?:please\s+)?(?:run|try|check|use|set|visit|wait|log\s?in|re-?authenticate|switch|upgrade|"
+    r"update|contact|restart|retry|pick|select)\b",
+    re.IGNORECASE,
+)
+_MESSAGE_CHARS = 240
+# Only the start of a message is read: what is said is short, and the cleaning stays cheap on junk.
+_MESSAGE_SCAN = 4000
+_MESSAGE_SENTENCES = 3
+_INSTRUCTION_CHARS = 320
+# Node.js / libuv socket error codes as the CLI shows them ("Unable to connect to API (ECONNRESET)").
+_ERRNO = {
+    "ECONNREFUSED": "connection refused",
+    "ECONNRESET": "connection reset",
+    "ECONNABORTED": "connection aborted",
+    "ETIMEDOUT": "timed out",
+    "ENOTFOUND": "host not found",
+    "EAI_AGAIN": "name lookup failed",
+    "EHOSTUNREACH": "host unreachable",
+    "ENETUNREACH": "network unreachable",
+    "ENETDOWN": "network down",
+    "EPIPE": "connection closed",
+    "EPROTO": "protocol error",
+}
+
+
+def _json_detail(obj: Any) -> str | None:
+    """The human part of an API error body: ``error.message``, else ``message``."""
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get("error")
+    for source in (inner, obj):
+        if isinstance(source, dict):
+            message = source.get("message")
+            if isinstance(message, str) and message.strip():
+                return message.strip()
+    return None
+
+
+def _without_json(text: str) -> str:
+    """Replace an embedded API error body ("API Error: 500 {...}") by its message, if it has one."""
+    start = text.find("{")
+    if start < 0:
+        return text
+    head = text[:start].rstrip()
+    try:
+        obj, end = _JSON_DECODER.raw_decode(text, start)
+    except (ValueError, RecursionError):  # cut or not JSON: salvage a "message" field, drop the rest
+        found = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text[start:])
+        detail = found.group(1).replace('\\"', '"') if found else None
+        tail = ""
+    else:
+        detail = _json_detail(obj)
+        tail = text[end:].strip()
+    joined = f"{head.rstrip(':')}: {detail}" if head and detail else head or detail or ""
+    return f"{joined} {tail}".strip() if tail else joined
+
+
+def _code_words(match: re.Match) -> str:
+    code = match.group(1)
+    if code in _ERRNO:
+        words = _ERRNO[code]
+    elif code.startswith("E") and code.isupper():
+        return match.group(0)  # an unknown errno-style code: left for the reading step to spell
+    else:
+        words = " ".join(part.lower() for part in _CAMEL_PART.findall(code))
+    return f"({words})"
+
+
+def _clean_part(part: str) -> str:
+    part = _EPOCH_SUFFIX.sub("", part)
+    part = _TIME_ZONE.sub("", part)
+    part = _REQUEST_ID.sub("", part)
+    part = _URL.sub(lambda m: m.group(1).rstrip(".,;:!?"), part)
+    # "API Error: 401 OAuth token expired" -> "API Error 401: OAuth token expired"; a lower-case
+    # word with no colon before it goes on the sentence ("API Error 400 due to ...").
+    part = _API_STATUS.sub(
+        lambda m: f"{m.group(1)} {m.group(2)}"
+        + (" " if m.group(4).islower() and ":" not in m.group(3) else ": "),
+        part,
+    )
+    part = _PAREN_CODE.sub(_code_words, part)
+    part = _SNAKE_WORD.sub(lambda m: m.group(0).replace("_", " "), part)
+    part = " ".join(part.split()).strip(" :,;-")
+    if not part:
+        return ""
+    if part[0].islower():
+        part = part[0].upper() + part[1:]
+    return part if part[-1] in ".!?" else part + "."
+
+
+def _cut(sentences: list[str]) -> list[str]:
+    """The first sentences within the budget, and a later one that says what to do if it fits."""
+    kept: list[str] = []
+    size = 0
+    for sentence in sentences:
+        if len(kept) >= _MESSAGE_SENTENCES or (kept and size + 1 + len(sentence) > _MESSAGE_CHARS):
+            break
+        kept.append(sentence)
+        size += len(sentence) + bool(size)
+    if len(kept[0]) > _MESSAGE_CHARS:  # one very long sentence: cut at a word
+        words = kept[0][:_MESSAGE_CHARS].rsplit(" ", 1)[0]
+        kept[0] = words.rstrip(" ,;:") + "."
+        size = len(kept[0])
+    if not any(_INSTRUCTION.match(s) for s in kept):
+        for sentence in sentences[len(kept) :]:
+            if _INSTRUCTION.match(sentence) and size + 1 + len(sentence) <= _INSTRUCTION_CHARS:
+                kept.append(sentence)
+                break
+    return kept
+
+
+def error_message(message: Any) -> str | None:
+    """An error message as the CLI shows it, made fit to be read aloud, or None if it has no words.
+
+    The parts that the CLI joins with " · " become sentences; an embedded API error body
+    (``API Error: 500 {"type":"error","error":{"message":"Internal server error"},...}``) becomes its
+    message ("API Error 500: Internal server error."); request ids, time zone names and the epoch
+    suffix of old usage-limit messages are dropped; a URL is reduced to its host; socket error codes
+    are said in words ("(ECONNREFUSED)" -> "(connection refused)"); commands and options ("/login",
+    "--model") are kept as they are, for the reading step. A long message keeps its first sentences
+    (about 240 characters) plus the first later sentence that says what to do.
+
+    Args:
+        message: the text of the CLI's error (any type; non-strings give None).
+
+    Returns:
+        The cleaned message, ending with a full stop, or None when fewer than two words are left
+        (then a cue says what failed).
+    """
+    if not isinstance(message, str):
+        return None
+    text = _without_json(message[:_MESSAGE_SCAN].strip())
+    parts = [_clean_part(part) for part in _PART_SEPARATOR.split(text)]
+    sentences = [s for part in parts if part for s in _SENTENCE_BREAK.split(part)]
+    if not sentences:
+        return None
+    cleaned = " ".join(_cut(sentences))
+    words = [w for w in cleaned.split() if sum(c.isalpha() for c in w) >= 2]
+    return cleaned if len(words) >= 2 else None
+
+
 def _tool_summary(name: Any, tool_input: Any) -> str:
     """ "Running <tool>: <a few words from its input>." """
     label = name if isinstance(name, str) and name.strip() else "a tool"
@@ -267,7 +457,9 @@ class StreamJsonReader:
     """Push-style reader of Claude Code stream-json output.
 
     Feed it lines (``feed_line``) or raw chunks of the byte stream (``feed``); each call returns the
-    text pieces that input releases, ready to hand to a sentence chunker. Call ``finish`` at the end
+    text pieces that input releases, ready to hand to a sentence chunker: the plain text joined into
+    one ``str``, each error paragraph an :class:`ErrorText` of its own. However the input is cut, the
+    pieces joined are the same, and so is which text is marked as an error. Call ``finish`` at the end
     of the stream. Not thread-safe: use one reader per stream, from one thread.
 
     Args:
@@ -290,7 +482,11 @@ class StreamJsonReader:
         self._announced_tools: set[str] = set()
         self._seen_result = False
         self._turn_open = False
-        self._turn_cue = False  # an error cue was already given for this turn
+        self._turn_cue = False  # an error (message or cue) or the interruption cue was given this turn
+        self._turn_errors: set[str] = set()  # error messages spoken this turn, whitespace collapsed
+        # A rejected rate limit is told only when the turn has no message of its own for it: the
+        # CLI's "You've hit your session limit · resets 2pm" follows the event a moment later.
+        self._held_cue: str | None = None
         self._rate_limit_status: str | None = None
 
     # ----------------------------------------------------------------------------------- input
@@ -368,12 +564,13 @@ class StreamJsonReader:
                 logger.warning("stream-json: truncated last line dropped: %s", _preview(line))
         self._buffer.clear()
         self._discarding = False
+        self._release_held_cue()
         if (self._turn_open or not self._seen_result) and not self._turn_cue:
-            self._cue(CUE_NO_RESULT)
+            self._cue(CUE_NO_RESULT, error=True)
         self._close_paragraph()
         self._turn_open = False
         self._seen_result = True
-        self._turn_cue = False
+        self._end_turn()
         return self._take()
 
     def _append(self, data: bytes) -> None:
@@ -385,9 +582,19 @@ class StreamJsonReader:
             self._discarding = True
 
     def _take(self) -> list[str]:
+        """The output of one call: plain text joined into one piece, each error run into one
+        :class:`ErrorText`, in order."""
         out, self._out = self._out, []
-        joined = "".join(out)
-        return [joined] if joined else []
+        pieces: list[str] = []
+        run: list[str] = []
+        for part in out:
+            if run and is_error_text(part) != is_error_text(run[0]):
+                pieces.append(_joined(run))
+                run = []
+            run.append(part)
+        if run:
+            pieces.append(_joined(run))
+        return [piece for piece in pieces if piece]
 
     def _handle_raw(self, raw: str | bytes, last: bool = False) -> bool:
         """Parse and dispatch one line; False if it could not be parsed as a JSON object."""
@@ -423,6 +630,8 @@ class StreamJsonReader:
         """Speak text of `block`, with a paragraph break first if another block was left open."""
         if not text:
             return
+        if self._open is not block:  # a held cue goes between blocks, never inside one
+            self._release_held_cue()
         if self._open is not None and self._open is not block:
             self._out.append(PARAGRAPH)
         if block.kind == "text" and not block.text:  # first words of a text block
@@ -441,22 +650,49 @@ class StreamJsonReader:
         if self._open is not None:
             self._end(self._open)
 
-    def _paragraph(self, text: str) -> None:
-        """Speak `text` as a paragraph of its own (cues, tool summaries)."""
+    def _paragraph(self, text: str, error: bool = False) -> None:
+        """Speak `text` as a paragraph of its own (cues, tool summaries, error messages)."""
         self._close_paragraph()
-        block = _Block("cue")
-        self._say(block, text)
-        self._end(block)
+        if error:
+            self._out.append(ErrorText(text + PARAGRAPH))
+        else:
+            self._release_held_cue()
+            self._out.append(text + PARAGRAPH)
 
-    def _cue(self, text: str) -> None:
+    def _cue(self, text: str, error: bool = False) -> None:
         self._turn_cue = True
-        self._paragraph(text)
+        self._paragraph(text, error=error)
 
     def _error(self, phrase: str) -> None:
-        # One cue per turn: an auth failure shows as a synthetic assistant line *and* an error
-        # result, which would otherwise say the same thing twice.
+        """A cue for an error without a readable message, unless the turn already told one: an auth
+        failure shows as a synthetic assistant line *and* an error result."""
         if not self._turn_cue:
-            self._cue(_error_cue(phrase))
+            self._held_cue = None
+            self._cue(_error_cue(phrase), error=True)
+
+    def _report(self, code: Any, status: Any, text: Any) -> None:
+        """An error the CLI reported: its message if it has one (each different message once a
+        turn: a retried call can fail twice alike), else a cue."""
+        message = error_message(text)
+        if message is None:
+            self._error(_error_phrase(code, status, text))
+            return
+        key = " ".join(message.split())
+        if key in self._turn_errors:
+            return
+        self._turn_errors.add(key)
+        self._held_cue = None
+        self._cue(message, error=True)
+
+    def _release_held_cue(self) -> None:
+        if self._held_cue is not None:
+            phrase, self._held_cue = self._held_cue, None
+            self._error(phrase)
+
+    def _end_turn(self) -> None:
+        self._turn_cue = False
+        self._turn_errors.clear()
+        self._held_cue = None
 
     def _announce(self, block: _Block | None, tool_id: Any, name: Any, tool_input: Any) -> None:
         if isinstance(tool_id, str):
@@ -573,7 +809,7 @@ class StreamJsonReader:
         api_error = obj.get("isApiErrorMessage") is True or obj.get("is_api_error_message") is True
         if (isinstance(error, str) and error) or api_error:
             status = obj.get("apiErrorStatus", obj.get("api_error_status"))
-            self._error(_error_phrase(error, status, _content_text(content)))
+            self._report(error, status, _content_text(content))
             return
         if message.get("model") == "<synthetic>":
             # A CLI-made message that is not an error (e.g. "No response requested.").
@@ -648,7 +884,8 @@ class StreamJsonReader:
                 self._cue(CUE_INTERRUPTED)
         elif is_error:
             self._pending.clear()
-            self._error(self._result_error_phrase(obj, subtype, terminal, text))
+            if not cue_given:
+                self._result_error(obj, subtype, terminal, text)
         elif not isinstance(text, str) or not text.strip():
             self._pending.clear()
         elif self._match_pending(text):
@@ -665,9 +902,10 @@ class StreamJsonReader:
             block.text = text
             self._end(block)
             self._pending.clear()
+        self._release_held_cue()
         self._seen_result = True
         self._turn_open = False
-        self._turn_cue = False
+        self._end_turn()
 
     def _match_pending(self, text: str) -> bool:
         """Match a result's text against spoken blocks; drop it and all blocks before it.
@@ -685,10 +923,13 @@ class StreamJsonReader:
                 return True
         return False
 
-    @staticmethod
-    def _result_error_phrase(obj: dict, subtype: str, terminal: Any, text: Any) -> str:
+    def _result_error(self, obj: dict, subtype: str, terminal: Any, text: Any) -> None:
+        """A failed turn that told nothing yet (no synthetic line came): its `result` text is the
+        message the CLI shows; a limit subtype or an `errors` list (diagnostics) gets a cue."""
+        status = obj.get("api_error_status")
         if subtype in _RESULT_SUBTYPES:
-            return _RESULT_SUBTYPES[subtype]
+            self._error(_RESULT_SUBTYPES[subtype])
+            return
         errors = obj.get("errors")
         messages = []
         if isinstance(errors, list):
@@ -696,22 +937,26 @@ class StreamJsonReader:
             messages = [
                 e for e in errors if isinstance(e, str) and e.strip() and not e.startswith("[ede_")
             ]
-        status = obj.get("api_error_status")
-        message = messages[0] if messages else text
-        phrase = _error_phrase(None, status, message)
+        if not messages and error_message(text) is not None:
+            self._report(None, status, text)
+            return
+        if self._held_cue is not None:  # a rejected rate limit says more than "API error"
+            self._release_held_cue()
+            return
+        phrase = _error_phrase(None, status, messages[0] if messages else text)
         if phrase == "unknown error" and subtype.startswith("error_"):
-            return subtype.removeprefix("error_").replace("_", " ")
-        if phrase == "unknown error" and terminal == "api_error":
-            return "API error"
-        return phrase
+            phrase = subtype.removeprefix("error_").replace("_", " ")
+        elif phrase == "unknown error" and terminal == "api_error":
+            phrase = "API error"
+        self._error(phrase)
 
     def _on_rate_limit(self, obj: dict) -> None:
         info = obj.get("rate_limit_info")
         status = info.get("status") if isinstance(info, dict) else None
         if not isinstance(status, str):
             return
-        if status == "rejected" and self._rate_limit_status != "rejected":
-            self._error(_ERROR_CODES["rate_limit"])
+        if status == "rejected" and self._rate_limit_status != "rejected" and not self._turn_cue:
+            self._held_cue = _ERROR_CODES["rate_limit"]
         self._rate_limit_status = status
 
     def _on_system(self, obj: dict) -> None:
@@ -754,6 +999,11 @@ def text_blocks(content: Any) -> list[str]:
     ]
 
 
+def _joined(parts: list[str]) -> str:
+    joined = "".join(parts)
+    return ErrorText(joined) if is_error_text(parts[0]) else joined
+
+
 def _content_text(content: Any) -> str | None:
     """The text of a message's content (string or blocks), for error messages."""
     if isinstance(content, str):
@@ -771,7 +1021,8 @@ def parse_stream_json(lines: Iterable[str | bytes], tools: bool = False) -> Iter
         tools: also speak a short summary of each main-thread tool call.
 
     Yields:
-        Text pieces; text blocks and cues end with a paragraph break ("\\n\\n").
+        Text pieces; text blocks and cues end with a paragraph break ("\\n\\n"); errors come as
+        :class:`ErrorText` pieces.
     """
     reader = StreamJsonReader(tools=tools)
     for line in lines:

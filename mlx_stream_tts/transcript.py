@@ -10,7 +10,11 @@ the model ``<synthetic>``; tool results are ``user`` lines. Sources of these sha
 tests/fixtures/claude-hooks/SOURCES.md.
 
 What is spoken follows the stream-json reader (``claude.py``): main-thread assistant ``text`` blocks,
-in order, each once and each ending with a paragraph break; API error records become one short cue.
+in order, each once and each ending with a paragraph break. An API error record (``isApiErrorMessage``
+or ``error``, model ``<synthetic>``) is spoken as the message the user sees ("Not logged in · Please
+run /login" -> "Not logged in. Please run /login."), cleaned by :func:`claude.error_message`, as an
+:class:`~mlx_stream_tts.claude.ErrorText` piece; a record without a readable message gets a short cue.
+Each message is said once a turn (a retried call can fail twice alike), a cue at most once a turn.
 Thinking, tool calls, tool results, user text, sidechain and meta records are never spoken.
 
 The file is read incrementally from a byte offset (never whole again), a line still being written is
@@ -28,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .claude import PARAGRAPH, error_cue, text_blocks
+from .claude import PARAGRAPH, ErrorText, error_cue, error_message, text_blocks
 
 try:
     import orjson
@@ -131,7 +135,8 @@ class TranscriptFollower:
         self._seen_blocks: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fallback: list[str] = []  # normalised texts spoken from outside the transcript
         self._turn_texts: list[str] = []  # normalised texts spoken this turn, in order
-        self.turn_cue = False  # an error cue was spoken this turn
+        self.turn_cue = False  # an error (message or cue) was spoken this turn
+        self._turn_errors: set[str] = set()  # error messages spoken this turn, normalised
         self._missing_logged = False
 
     # ------------------------------------------------------------------------------- position
@@ -183,7 +188,11 @@ class TranscriptFollower:
 
     def _new_turn(self) -> None:
         self._turn_texts = []
+        self._new_error_turn()
+
+    def _new_error_turn(self) -> None:
         self.turn_cue = False
+        self._turn_errors.clear()
 
     def _stat(self) -> os.stat_result | None:
         try:
@@ -374,7 +383,10 @@ class TranscriptFollower:
             return True
         if b'"assistant"' not in line:
             # Only assistant records are ever spoken: other lines (some MB of tool output) are not
-            # parsed; one that cannot be a JSON object is counted as damage.
+            # parsed; one that cannot be a JSON object is counted as damage. After an error, a new
+            # prompt in the same read starts a turn whose own error must be heard again.
+            if self.turn_cue and b'"user"' in line and is_user_prompt(self._parse(line)):
+                self._new_error_turn()
             return line.startswith(b"{")
         obj = self._parse(line)
         if obj is None:
@@ -406,11 +418,7 @@ class TranscriptFollower:
         content = message.get("content")
         error = obj.get("error")
         if (isinstance(error, str) and error) or obj.get("isApiErrorMessage") is True:
-            if not self.turn_cue:  # one cue per turn, as in the stream-json reader
-                self.turn_cue = True
-                status = obj.get("apiErrorStatus")
-                out.append(error_cue(error, status, "\n".join(text_blocks(content)) or None))
-                out.append(PARAGRAPH)
+            self._on_error(error, obj.get("apiErrorStatus"), content, out)
             return
         if message.get("model") == "<synthetic>":
             return  # a CLI-made message that is not an error ("No response requested.")
@@ -429,6 +437,22 @@ class TranscriptFollower:
                 continue  # already spoken from the Stop payload while the transcript lagged
             out.append(text + PARAGRAPH)
             self._turn_texts.append(norm)
+
+    def _on_error(self, code: Any, status: Any, content: Any, out: list[str]) -> None:
+        """Speak an API error record as the stream-json reader does: its message, else a cue."""
+        text = "\n".join(text_blocks(content)) or None
+        message = error_message(text)
+        if message is None:
+            if self.turn_cue:
+                return
+            message = error_cue(code, status, text)
+        else:
+            key = _norm(message)
+            if key in self._turn_errors:
+                return
+            self._turn_errors.add(key)
+        self.turn_cue = True
+        out.append(ErrorText(message + PARAGRAPH))
 
     @staticmethod
     def _remember(seen: OrderedDict, key: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import pytest
 from mlx_stream_tts.claude import (
     CUE_INTERRUPTED,
     CUE_NO_RESULT,
+    ErrorText,
     StreamJsonReader,
+    error_message,
+    is_error_text,
     looks_like_stream_json,
     parse_stream_json,
 )
@@ -66,6 +70,15 @@ ONCE = {
     "12_parallel_tool_calls": "Done.",
     "13_subagent_multi_result": "The subagent completed successfully",
 }
+# Real error captures (20-22, in errors/): the CLI's own message, cleaned for the ear, heard once and marked.
+ERROR_EXPECTED = {
+    "20_synthetic_not_logged_in": "Not logged in. Please run /login.",
+    "21_synthetic_api_error_500_twice": "API Error 500: Internal server error.",
+    "22_synthetic_invalid_model": (
+        "There's an issue with the selected model (claude-opus-4-6-20260101). It may not exist or you may "
+        "not have access to it. Run --model to pick a different model."
+    ),
+}
 PARTIAL = ["04_partial_haiku_text_deltas", "07_partial_hello_minimal", "08_partial_tool_input_json_delta"]
 
 
@@ -74,7 +87,8 @@ def collapse(text: str) -> str:
 
 
 def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / f"{name}.jsonl").read_bytes()
+    folder = FIXTURES / "errors" if name in ERROR_EXPECTED else FIXTURES
+    return (folder / f"{name}.jsonl").read_bytes()
 
 
 def run_lines(lines, tools: bool = False) -> str:
@@ -386,26 +400,157 @@ def test_interrupted_turn_then_next_turn():
 # --------------------------------------------------------------------------------- error cues
 
 
-def test_synthetic_auth_error_gives_one_cue():
+def synthetic(message: str | None, code: str | None = "unknown", **extra) -> str:
+    """A CLI-made error line as the captures show it (model `<synthetic>`, top-level `error`)."""
+    content = [text(message)] if message is not None else []
+    obj = {"type": "assistant", "message": {"id": "u-u-i-d", "model": "<synthetic>", "role": "assistant",
+           "content": content}, "parent_tool_use_id": None, **extra}
+    if code is not None:
+        obj["error"] = code
+    return dumps(obj)
+
+
+def pieces_of(lines, tools: bool = False) -> list[tuple[bool, str]]:
+    """(is an error, text) runs, adjacent pieces of the same kind merged."""
+    runs: list[tuple[bool, str]] = []
+    for piece in parse_stream_json(lines, tools=tools):
+        flag = is_error_text(piece)
+        assert isinstance(piece, str) and (flag == isinstance(piece, ErrorText))
+        if runs and runs[-1][0] == flag:
+            runs[-1] = (flag, runs[-1][1] + piece)
+        else:
+            runs.append((flag, str(piece)))
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_EXPECTED))
+def test_error_capture_spoken_as_its_message_once_and_marked(name):
+    runs = pieces_of(fixture_bytes(name).splitlines(keepends=True))
+    assert runs == [(True, ERROR_EXPECTED[name] + "\n\n")]
+    assert "Claude Code error" not in runs[0][1]  # the message, not the generic cue
+
+
+def runs_of_cuts(data: bytes, cuts: list[int]) -> list[tuple[bool, str]]:
+    """Feed `data` cut at `cuts`; the (is an error, text) runs of the output."""
+    reader = StreamJsonReader()
+    out: list[str] = []
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        out += reader.feed(data[start:end])
+    out += reader.finish()
+    runs: list[tuple[bool, str]] = []
+    for piece in out:
+        flag = is_error_text(piece)
+        if runs and runs[-1][0] == flag:
+            runs[-1] = (flag, runs[-1][1] + piece)
+        else:
+            runs.append((flag, str(piece)))
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_EXPECTED))
+def test_error_capture_split_anywhere_gives_the_same_marked_output(name):
+    data = fixture_bytes(name)
+    whole = pieces_of(data.splitlines(keepends=True))
+    for chunk in (1, 2, 7, 64, 4093):
+        assert runs_of_cuts(data, list(range(chunk, len(data), chunk))) == whole, chunk
+    rng = random.Random(len(data))
+    for _ in range(200):  # cut at random places, inside lines and characters too
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        assert runs_of_cuts(data, cuts) == whole, cuts
+
+
+def test_text_pieces_are_plain_and_cues_are_marked():
+    assert not any(is_error_text(p) for p in parse_stream_json(fixture_bytes("05_thinking_three_bash_tools").splitlines()))
+    out = list(parse_stream_json([init(), assistant(text("Half")), result(None, subtype="error_max_turns", is_error=True)]))
+    assert [is_error_text(p) for p in out] == [False, True]
+    assert out[1] == "Claude Code error: reached the maximum number of turns.\n\n"
+    assert is_error_text(next(iter(parse_stream_json([]))))  # the stream ended without a result
+    interrupted = list(parse_stream_json([init(), result(None, subtype="error_during_execution", is_error=True,
+                                                        terminal_reason="aborted_streaming")]))
+    assert interrupted == [f"{CUE_INTERRUPTED}\n\n"] and not is_error_text(interrupted[0])
+
+
+def test_synthetic_auth_error_spoken_once():
     # Shape from a real expired-login run: a synthetic assistant line, then an is_error result.
     message = "Failed to authenticate: OAuth session expired and could not be refreshed"
-    lines = [
-        init(),
-        dumps({"type": "assistant", "message": {"id": "u-u-i-d", "model": "<synthetic>", "role": "assistant",
-               "content": [text(message)]}, "parent_tool_use_id": None, "error": "authentication_failed"}),
-        result(message, is_error=True, terminal_reason="api_error"),
+    lines = [init(), synthetic(message, "authentication_failed"), result(message, is_error=True, terminal_reason="api_error")]
+    assert pieces_of(lines) == [(True, message + ".\n\n")]
+
+
+@pytest.mark.parametrize(
+    ("message", "spoken"),
+    [
+        ("Invalid API key · Please run /login", "Invalid API key. Please run /login."),
+        ("Please run /login · API Error: 401 OAuth access token has expired. Re-authenticate to continue.",
+         "Please run /login. API Error 401: OAuth access token has expired. Re-authenticate to continue."),
+        (('API Error: 429 {"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has '
+          'exceeded your rate limit"}}'), "API Error 429: Number of requests has exceeded your rate limit."),
+        ('API Error: 400 {"type":"error","error":{"message":"bad"}}', "API Error 400: bad."),
+        ('API Error: 500 {"type":"error","error":{"type":"api_e', "API Error 500."),  # a body cut short
+        ("API Error: Unable to connect to API (ConnectionRefused)",
+         "API Error: Unable to connect to API (connection refused)."),
+        ("API Error: Unable to connect to API (ENOTFOUND)", "API Error: Unable to connect to API (host not found)."),
+        ("API Error: Unable to connect to API (FailedToOpenSocket)",
+         "API Error: Unable to connect to API (failed to open socket)."),
+        (("API Error: 529 Overloaded. This is a server-side issue, usually temporary — try again in a moment. "
+          "If it persists, check https://status.claude.com."),
+         ("API Error 529: Overloaded. This is a server-side issue, usually temporary — try again in a moment. "
+          "If it persists, check status.claude.com.")),
+        ("You've hit your session limit · resets 6:40am (UTC)", "You've hit your session limit. Resets 6:40am."),
+        ("Claude AI usage limit reached|1752757200", "Claude AI usage limit reached."),
+        ("API Error: 400 due to tool use concurrency issues. Run /rewind to recover the conversation.",
+         "API Error 400 due to tool use concurrency issues. Run /rewind to recover the conversation."),
+        ("API Error: 401 authentication_error: invalid x-api-key", "API Error 401 authentication error: invalid x-api-key."),
+        ("model not found", "Model not found."),
+    ],
+)
+def test_error_message_cleaned_for_the_ear(message, spoken):
+    assert error_message(message) == spoken
+    assert pieces_of([init(), synthetic(message), result(message, is_error=True)]) == [(True, spoken + "\n\n")]
+
+
+def test_long_error_message_cut_but_keeps_what_to_do():
+    long = " ".join(f"Detail number {i} of the failure is here." for i in range(12)) + " Run /doctor to check."
+    spoken = error_message(long)
+    assert spoken.startswith("Detail number 0 of the failure is here.")
+    assert spoken.endswith("Run /doctor to check.")
+    assert "Detail number 5" not in spoken and len(spoken) <= 320
+    one_sentence = "word " * 200
+    assert len(error_message(one_sentence)) <= 241
+    assert error_message("A. B. C. D. E. Run /login now.") == "A. B. C. Run /login now."
+
+
+@pytest.mark.parametrize("text_value", [None, "", "   ", "error", "{}", '{"type":"error"}', "req_011CXmP6"])
+def test_error_without_readable_text_keeps_the_cue(text_value):
+    assert error_message(text_value) is None
+    lines = [init(), synthetic(text_value, "authentication_failed"), result(text_value, is_error=True)]
+    assert pieces_of(lines) == [(True, "Claude Code error: authentication failed.\n\n")]
+    assert pieces_of([init(), synthetic(text_value, "model_not_found")]) == [
+        (True, "Claude Code error: model not found.\n\n")
     ]
-    out = run_lines(lines)
-    assert out == "Claude Code error: authentication failed.\n\n"
+
+
+def test_different_errors_in_one_turn_each_spoken_same_one_once():
+    lines = [init(), synthetic("API Error: Connection error."), synthetic("API Error: Connection error."),
+             synthetic("Not logged in · Please run /login", "authentication_failed"), synthetic(None, "rate_limit"),
+             result("Not logged in · Please run /login", is_error=True)]
+    assert pieces_of(lines) == [(True, "API Error: Connection error.\n\nNot logged in. Please run /login.\n\n")]
+    # The next turn's error is heard again.
+    again = lines + [init(), synthetic("API Error: Connection error."), result("x", is_error=True)]
+    assert pieces_of(again)[0][1].count("Connection error") == 2
+
+
+def test_error_after_text_is_its_own_marked_paragraph():
+    lines = [init(), msg_start("m"), block_start(0), delta(0, "Half a sent"),
+             synthetic("API Error: Connection error."), result("API Error: Connection error.", is_error=True)]
+    assert pieces_of(lines) == [(False, "Half a sent\n\n"), (True, "API Error: Connection error.\n\n")]
 
 
 @pytest.mark.parametrize(
     ("fields", "cue"),
     [
-        ({"subtype": "success", "is_error": True, "result": "model not found", "terminal_reason": "api_error",
-          "api_error_status": 404}, "Claude Code error: not found."),
-        ({"subtype": "success", "is_error": True, "result": "API Error: Connection error.",
-          "terminal_reason": "api_error"}, "Claude Code error: Connection error."),
+        ({"subtype": "success", "is_error": True, "terminal_reason": "api_error", "api_error_status": 404},
+         "Claude Code error: not found."),
         ({"subtype": "success", "is_error": True, "terminal_reason": "api_error"}, "Claude Code error: API error."),
         ({"subtype": "error_max_turns", "is_error": True, "terminal_reason": "max_turns",
           "errors": ["Reached maximum number of turns (10)"]},
@@ -417,24 +562,29 @@ def test_synthetic_auth_error_gives_one_cue():
         ({"subtype": "error_max_budget_usd", "is_error": False}, "Claude Code error: reached the budget limit."),
     ],
 )
-def test_error_results_give_a_cue(fields, cue):
+def test_error_results_without_a_message_give_a_cue(fields, cue):
     obj = {"type": "result", **fields}
-    out = run_lines([init(), dumps(obj)])
-    assert out == cue + "\n\n"
-    assert "{" not in out
+    assert pieces_of([init(), dumps(obj)]) == [(True, cue + "\n\n")]
+
+
+@pytest.mark.parametrize(
+    ("message", "spoken"),
+    [
+        ("There's an issue with the selected model (m). It may not exist or you may not have access to it.",
+         "There's an issue with the selected model (m). It may not exist or you may not have access to it."),
+        ("API Error: Connection error.", "API Error: Connection error."),
+    ],
+)
+def test_error_result_alone_speaks_its_message(message, spoken):
+    # A result with is_error and no synthetic line before it (older CLIs, trimmed logs).
+    line = result(message, is_error=True, terminal_reason="api_error", api_error_status=404)
+    assert pieces_of([init(), line]) == [(True, spoken + "\n\n")]
 
 
 def test_failed_resume_only_a_result_line():
     line = dumps({"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 0,
                   "errors": ["No conversation found with session ID: 00000000"]})
     assert run_lines([line]) == "Claude Code error: No conversation found with session ID: 00000000.\n\n"
-
-
-def test_synthetic_unknown_error_uses_its_text():
-    line = dumps({"type": "assistant", "message": {"id": "x", "model": "<synthetic>",
-                  "content": [text('API Error: 400 {"type":"error","error":{"message":"bad"}}')]},
-                  "parent_tool_use_id": None, "error": "unknown"})
-    assert run_lines([init(), line, result("x", is_error=True)]) == "Claude Code error: 400.\n\n"
 
 
 def test_synthetic_without_error_is_not_spoken():
@@ -446,7 +596,7 @@ def test_synthetic_without_error_is_not_spoken():
 def test_cue_is_its_own_paragraph_after_cut_text():
     lines = [init(), msg_start("m"), block_start(0), delta(0, "Half a sent"),
              result(None, subtype="success", is_error=True, terminal_reason="api_error", api_error_status=529)]
-    assert run_lines(lines) == "Half a sent\n\nClaude Code error: server overloaded.\n\n"
+    assert pieces_of(lines) == [(False, "Half a sent\n\n"), (True, "Claude Code error: server overloaded.\n\n")]
 
 
 def test_stream_without_result_ends_with_cue():
@@ -454,6 +604,8 @@ def test_stream_without_result_ends_with_cue():
     assert run_lines([init(), assistant(text("Partial answer."))]) == f"Partial answer.\n\n{CUE_NO_RESULT}\n\n"
     # A new turn started after the last result and never finished.
     assert run_lines([init(), assistant(text("A")), result("A"), init()]) == f"A\n\n{CUE_NO_RESULT}\n\n"
+    # An error message was heard: no second cue for the missing result.
+    assert pieces_of([init(), synthetic("API Error: Connection error.")]) == [(True, "API Error: Connection error.\n\n")]
     # Finished normally: no cue, and finish() is quiet the second time.
     reader = StreamJsonReader()
     reader.feed_line(init())
@@ -462,17 +614,44 @@ def test_stream_without_result_ends_with_cue():
     assert reader.finish() == []
 
 
-def test_rate_limit_rejected_cue_once():
-    def rate(status):
-        return dumps({"type": "rate_limit_event", "rate_limit_info": {"status": status, "resetsAt": 1}})
+def rate(status):
+    return dumps({"type": "rate_limit_event", "rate_limit_info": {"status": status, "resetsAt": 1}})
 
-    lines = [init(), rate("allowed"), rate("rejected"), rate("rejected"),
-             dumps({"type": "assistant", "message": {"id": "x", "model": "<synthetic>",
-                    "content": [text("You've hit your session limit · resets 2pm")]},
-                    "parent_tool_use_id": None, "error": "rate_limit"}),
-             result("You've hit your session limit", is_error=True)]
-    assert run_lines(lines) == "Claude Code error: rate limit reached.\n\n"
+
+def test_rate_limit_rejected_then_its_message():
+    # The real order: the rejected event, then the CLI's message, then an is_error result.
+    message = "You've hit your session limit · resets 2pm (Europe/Helsinki)"
+    lines = [init(), rate("allowed"), rate("rejected"), rate("rejected"), synthetic(message, "rate_limit"),
+             result(message, is_error=True)]
+    assert pieces_of(lines) == [(True, "You've hit your session limit. Resets 2pm.\n\n")]
     assert run_lines([init(), rate("allowed_warning"), assistant(text("ok")), result("ok")]) == "ok\n\n"
+
+
+def test_rate_limit_rejected_without_a_message_gives_the_cue_once():
+    cue = "Claude Code error: rate limit reached.\n\n"
+    assert pieces_of([init(), rate("rejected"), result(None, is_error=True, terminal_reason="api_error")]) == [
+        (True, cue)]
+    assert pieces_of([init(), rate("rejected"), synthetic(None, "rate_limit"), result(None, is_error=True)]) == [
+        (True, cue)]
+    # The request went on (overage): the cue comes before the answer, between paragraphs.
+    lines = [init(), rate("rejected"), msg_start("m"), block_start(0), delta(0, "Par"), rate("rejected"),
+             delta(0, "tial."), assistant(text("Partial."), mid="m"), block_stop(0), result("Partial.")]
+    assert pieces_of(lines) == [(True, cue), (False, "Partial.\n\n")]
+    # Without any other line, the end of the stream tells it.
+    assert pieces_of([init(), rate("rejected")]) == [(True, cue)]
+
+
+def test_error_codes_without_text_have_words():
+    for code, words in [("oauth_org_not_allowed", "organization not allowed"), ("max_output_tokens", "output token limit reached"),
+                        ("some_new_code", "some new code")]:
+        assert run_lines([init(), synthetic(None, code), result(None, is_error=True)]) == f"Claude Code error: {words}.\n\n"
+
+
+def test_error_text_is_a_str():
+    piece = ErrorText("Not logged in.\n\n")
+    assert piece == "Not logged in.\n\n" and piece.error is True and is_error_text(piece)
+    assert not is_error_text(piece.strip()) and not is_error_text("x") and not is_error_text(None)
+    assert json.dumps(piece) == json.dumps(str(piece))
 
 
 # --------------------------------------------------------------------------------- robustness
@@ -661,3 +840,24 @@ def test_parse_stream_json_is_lazy():
     gen = parse_stream_json(lines())
     assert next(gen) == "First.\n\n"
     assert seen == []
+
+
+def test_tool_summaries_and_error_messages_reach_the_translator():
+    # Item 6 and the error decision, reader side: summaries and error messages are text pieces like
+    # the rest, so the pipeline translates them (the fake translator upper-cases what it gets).
+    from fakes import FakeTranslator
+
+    from mlx_stream_tts.pipeline import Pipeline
+
+    lines = [init(), assistant(text("I will run the tests."), tool("Bash", {"command": "pytest -q"})),
+             synthetic("Not logged in · Please run /login", "authentication_failed"), result("x", is_error=True)]
+    pieces = list(parse_stream_json(lines, tools=True))
+    assert [is_error_text(p) for p in pieces] == [False, True]
+    assert pieces[0] == "I will run the tests.\n\nRunning Bash: pytest -q.\n\n"
+    translator = FakeTranslator()
+    with Pipeline(translator=translator, voice=None, tgt_lang="jpn_Jpan") as pipeline:
+        for piece in pieces:
+            pipeline.feed(piece)
+    sent = [t for batch in translator.batches for t in batch]
+    for sentence in ("I will run the tests.", "Running Bash: pytest -q.", "Not logged in.", "Please run /login."):
+        assert any(sentence in t for t in sent), (sentence, sent)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlx_stream_tts import transcript as transcript_module
+from mlx_stream_tts.claude import is_error_text
 from mlx_stream_tts.transcript import TranscriptFollower, is_user_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-hooks"
@@ -184,20 +185,97 @@ def test_blocks_of_one_message_are_separate_paragraphs_and_deduplicated(tmp_path
     assert TranscriptFollower(path).read_new() == ["First.\n\n", "Second.\n\n"]
 
 
-def test_api_error_record_is_one_cue(tmp_path):
-    path = tmp_path / "t.jsonl"
-    error = {
+def error_record(uuid: str, text_value: str | None, code: str = "rate_limit", **extra) -> dict:
+    content = [text(text_value)] if text_value is not None else []
+    return {
         "type": "assistant",
-        "uuid": "e1",
+        "uuid": uuid,
         "isApiErrorMessage": True,
-        "error": "rate_limit",
+        "error": code,
         "apiErrorStatus": 429,
-        "message": {"model": "<synthetic>", "content": [text("API Error: Rate limit reached")]},
+        "message": {"model": "<synthetic>", "content": content},
+        **extra,
     }
-    path.write_bytes(line(error) + line({**error, "uuid": "e2"}))
+
+
+ERRORS_FIXTURE = [
+    (True, "Please run /login. API Error 401: OAuth access token has expired. Re-authenticate to continue.\n\n"),
+    (False, "Looking at the test now.\n\n"),
+    (True, "API Error 500: Internal server error.\n\n"),
+    (True, "You've hit your session limit. Resets 2pm.\n\n"),
+    (True, "Claude Code error: rate limit reached.\n\n"),
+]
+
+
+def marked(pieces: list[str]) -> list[tuple[bool, str]]:
+    return [(is_error_text(p), str(p)) for p in pieces]
+
+
+def test_api_error_records_spoken_as_their_message_once_a_turn(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes((FIXTURES / "transcript_api_errors.jsonl").read_bytes())
     follower = TranscriptFollower(path)
-    assert follower.read_new() == ["Claude Code error: rate limit reached.", "\n\n"]
+    assert marked(follower.read_new()) == ERRORS_FIXTURE
     assert follower.turn_cue
+
+
+def test_api_error_fixture_line_by_line_gives_the_same_pieces(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"")
+    follower = TranscriptFollower(path)
+    pieces = []
+    for raw in (FIXTURES / "transcript_api_errors.jsonl").read_bytes().splitlines(keepends=True):
+        for cut in (raw[: len(raw) // 2], raw[len(raw) // 2 :]):  # each line written in two parts
+            with path.open("ab") as f:
+                f.write(cut)
+            pieces += follower.read_new()
+    assert marked(pieces) == ERRORS_FIXTURE
+
+
+def test_api_error_record_without_text_is_one_cue(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(line(error_record("e1", None)) + line(error_record("e2", "error")))
+    follower = TranscriptFollower(path)
+    assert marked(follower.read_new()) == [(True, "Claude Code error: rate limit reached.\n\n")]
+    assert follower.turn_cue
+
+
+def test_api_error_message_after_a_cue_and_same_message_once(tmp_path):
+    path = tmp_path / "t.jsonl"
+    message = "API Error: Unable to connect to API (ConnectionRefused)"
+    path.write_bytes(
+        line(error_record("e1", None))
+        + line(error_record("e2", message, "server_error"))
+        + line(error_record("e3", message, "server_error"))
+    )
+    follower = TranscriptFollower(path)
+    assert marked(follower.read_new()) == [
+        (True, "Claude Code error: rate limit reached.\n\n"),
+        (True, "API Error: Unable to connect to API (connection refused).\n\n"),
+    ]
+
+
+def test_new_turn_hears_the_same_error_again(tmp_path):
+    path = tmp_path / "t.jsonl"
+    record = error_record("e1", "Not logged in · Please run /login", "authentication_failed")
+    path.write_bytes(line(record))
+    follower = TranscriptFollower(path)
+    assert marked(follower.read_new()) == [(True, "Not logged in. Please run /login.\n\n")]
+    with path.open("ab") as f:  # the same prompt retried: a new turn in the same read
+        f.write(prompt("u9", "Try again.") + line({**record, "uuid": "e2"}))
+    assert marked(follower.read_new()) == [(True, "Not logged in. Please run /login.\n\n")]
+    follower.skip_to_end()
+    assert not follower.turn_cue
+    with path.open("ab") as f:
+        f.write(line({**record, "uuid": "e3"}))
+    assert len(follower.read_new()) == 1
+
+
+def test_synthetic_record_that_is_not_an_error_is_not_spoken(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(line({"type": "assistant", "uuid": "s1", "isApiErrorMessage": False,
+                           "message": {"model": "<synthetic>", "content": [text("No response requested.")]}}))
+    assert TranscriptFollower(path).read_new() == []
 
 
 def test_garbage_binary_and_wrong_types_are_skipped_and_logged(tmp_path, caplog):
