@@ -18,7 +18,8 @@ Events used (hooks reference, https://code.claude.com/docs/en/hooks):
   mid-turn, a missed prompt) speaks the turn's text after the last prompt a person typed.
   ``stop_hook_active: true`` means Claude went on because another Stop hook blocked it: the same turn
   goes on, so following continues after each Stop and only new text is spoken.
-* ``StopFailure``: the turn ended on an API error (no Stop comes): flush, one short error cue.
+* ``StopFailure``: the turn ended on an API error (no Stop comes): flush, then Claude Code's message
+  (or a short cue when it has none), marked as an error.
 * ``SessionEnd``: stop following and forget the session.
 
 ``SubagentStop`` is not registered and is ignored: a sub-agent's text is never spoken. Tool events
@@ -551,11 +552,16 @@ class HookSessions:
                         logger.info("hooks: transcript lags; final text spoken from the Stop payload")
                         self._emit(session, generation, [rest + "\n\n"])
         elif event == "StopFailure" and not follower.turn_cue:
-            from .claude import error_cue
+            from .claude import ErrorText, error_cue, error_message
 
             follower.turn_cue = True
             details = payload.get("error_details") or payload.get("last_assistant_message")
-            self._emit(session, generation, [error_cue(payload.get("error"), None, details) + "\n\n"])
+            # Claude Code's own words when it gave some: what the user sees (the last message) first.
+            said = next((error_message(text) for text in (payload.get("last_assistant_message"),
+                                                             payload.get("error_details"))
+                         if isinstance(text, str) and error_message(text)), None)
+            said = said or error_cue(payload.get("error"), None, details)
+            self._emit(session, generation, [ErrorText("\n\n" + said + "\n\n")])
         if session.generation == generation:
             try:
                 self.on_turn_end(session.id)

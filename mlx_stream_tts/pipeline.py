@@ -48,6 +48,7 @@ import numpy as np
 
 from .threads import release_thread_streams
 from .audio import NullSink
+from .claude import is_error_text
 from .chunking import SentenceChunker, code_cue, is_code_block, speakable
 from .types import SAMPLE_RATE, SinkLike, TranslatorLike, VoiceLike
 
@@ -78,6 +79,9 @@ class Event:
             for ``skipped``: why.
         part: ``None`` for a whole sentence; ``"head"`` or ``"tail"`` for the parts of a sentence
             started early (see ``PARTS``): a tail's head is the item just before it (``seq - 1``).
+        reported_error: the sentence is an error that the input reported (a piece fed as
+            ``claude.ErrorText``: Claude Code's own error message, or a cue for one), not a failure
+            of a stage here (that is ``stage == "error"``).
     """
 
     seq: int
@@ -86,6 +90,7 @@ class Event:
     text: str
     error: str | None = None
     part: str | None = None
+    reported_error: bool = False
 
 
 @dataclass(slots=True)
@@ -94,7 +99,8 @@ class SentenceTiming:
 
     ``audio_seconds`` is what was handed to the sink for it, the pause before it included; ``pause`` is
     the silence the pipeline put before it (``sentence_gap`` or ``clause_gap``); ``part`` is None for a
-    whole sentence and ``"head"`` / ``"tail"`` for the parts of one started early (as ``Event.part``).
+    whole sentence and ``"head"`` / ``"tail"`` for the parts of one started early (as ``Event.part``);
+    ``reported_error`` as ``Event.reported_error``.
     """
 
     seq: int
@@ -110,6 +116,7 @@ class SentenceTiming:
     audio_seconds: float = 0.0
     part: str | None = None
     pause: float = 0.0
+    reported_error: bool = False
 
     @staticmethod
     def _diff(end: float | None, start: float | None) -> float | None:
@@ -291,6 +298,7 @@ class Pipeline:
         self._tail_next = False  # the chunker's next chunk is the tail of a sentence started early
         self._open: dict[int, int] = {}  # seq -> gen of each item queued and not yet done/skipped/failed
         self._parts: dict[int, str] = {}  # seq -> part, while open
+        self._reported: set[int] = set()  # seqs of errors the input reported (ErrorText), while open
         self._last_voiced: tuple[int, int, str | None] = (-1, -1, None)  # (gen, seq, part), voice thread
 
         self._gen = 0  # bumped by cancel(); read without a lock (an int read is atomic)
@@ -342,6 +350,14 @@ class Pipeline:
         with self._feed_lock:
             gen = self._sync_chunker()
             now = time.perf_counter()
+            if is_error_text(text):
+                # An error the input reports is a paragraph of its own: what came before goes on as
+                # itself, then each of its sentences, marked (and never started early).
+                self._queue_sentences(self._chunker.flush(), gen, now)
+                self._pending_since = now
+                self._queue_sentences(self._chunker.feed(text) + self._chunker.flush(), gen, now, reported=True)
+                self._pending_since = None
+                return
             if self._pending_since is None and not text.isspace():
                 self._pending_since = now
             sentences = self._chunker.feed(text)
@@ -405,6 +421,7 @@ class Pipeline:
         with self._timing_lock:
             self._open.clear()
             self._parts.clear()
+            self._reported.clear()
         # The first abort unblocks a write waiting for buffer space; the second, once the sink
         # worker has let go of the sink, drops anything it wrote between its check and the abort.
         # A write that the abort did not unblock (a hung device) keeps the lock: then cancel() does not
@@ -477,7 +494,8 @@ class Pipeline:
             self._tail_next = False  # the rest of a sentence started early went with the old chunker
         return gen
 
-    def _queue_sentences(self, sentences: list[str], gen: int, now: float, head: bool = False) -> None:
+    def _queue_sentences(self, sentences: list[str], gen: int, now: float, head: bool = False,
+                         reported: bool = False) -> None:
         for i, source in enumerate(sentences):
             seq = self._next_seq
             self._next_seq += 1
@@ -486,11 +504,14 @@ class Pipeline:
             if i == 0:
                 self._tail_next = head
             with self._timing_lock:
-                self._timings[seq] = SentenceTiming(seq=seq, source=source, fed=fed, chunked=now, part=part)
+                self._timings[seq] = SentenceTiming(seq=seq, source=source, fed=fed, chunked=now, part=part,
+                                                    reported_error=reported)
                 while len(self._timings) > self.history:
                     self._timings.popitem(last=False)
                 if part is not None:
                     self._parts[seq] = part
+                if reported:
+                    self._reported.add(seq)
                 self._open[seq] = gen
             self._emit(seq, "fed", source, t=fed)
             self._emit(seq, "chunked", source, t=now)
@@ -514,9 +535,11 @@ class Pipeline:
         t = time.perf_counter() if t is None else t
         with self._timing_lock:
             part = self._parts.get(seq)
+            reported = seq in self._reported
             if stage in _TERMINAL:
                 self._parts.pop(seq, None)
                 self._open.pop(seq, None)
+                self._reported.discard(seq)
             timing = self._timings.get(seq)
             if timing is not None:
                 if stage in ("translated", "first_audio", "done"):
@@ -529,7 +552,7 @@ class Pipeline:
                     setattr(timing, key, value)
         if self.on_event is not None:
             try:
-                self.on_event(Event(seq, stage, t, text, error, part))
+                self.on_event(Event(seq, stage, t, text, error, part, reported))
             except Exception:
                 logger.exception("on_event callback failed on %s event of sentence %d", stage, seq)
 

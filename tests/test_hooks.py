@@ -377,7 +377,7 @@ def test_stop_waits_briefly_for_a_lagging_transcript(tmp_path, sessions):
     assert rec.text() == TURN_2
 
 
-def test_stop_failure_gives_one_error_cue(tmp_path, sessions):
+def test_stop_failure_speaks_the_message_claude_code_showed(tmp_path, sessions):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"")
     rec = Recorder()
@@ -387,7 +387,23 @@ def test_stop_failure_gives_one_error_cue(tmp_path, sessions):
     assert rec.wait(lambda r: "Starting." in r.text())
     hs.handle(payload("stop_failure", path))
     assert rec.wait(lambda r: r.calls[-1][0] == "end")
-    assert rec.text() == "Starting.\n\nClaude Code error: rate limit reached.\n\n"
+    # The message the user saw (last_assistant_message), marked as an error the input reported.
+    assert rec.text() == "Starting.\n\n\n\nAPI Error: Rate limit reached.\n\n"
+    from mlx_stream_tts.claude import is_error_text
+
+    assert rec.calls[-2][0] == "text" and is_error_text(rec.calls[-2][2])
+
+
+def test_stop_failure_without_words_gives_the_cue(tmp_path, sessions):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"")
+    rec = Recorder()
+    hs = sessions(rec)
+    hs.handle(payload("user_prompt_submit", path))
+    bare = dict(payload("stop_failure", path), error_details="", last_assistant_message="")
+    hs.handle(bare)
+    assert rec.wait(lambda r: r.calls and r.calls[-1][0] == "end")
+    assert "Claude Code error: rate limit reached." in rec.text()
 
 
 def test_session_end_stops_following(tmp_path, sessions):

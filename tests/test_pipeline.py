@@ -487,3 +487,21 @@ def test_ctrl_c_while_close_waits_for_the_audio_stops_it():
     assert time.perf_counter() - t0 < 2.0
     assert sink.aborts >= 1 and sink.closed and len(sink.received) == 0
     assert not any(t.is_alive() for t in p._threads)
+
+
+def test_an_error_the_input_reports_is_marked_in_events_and_timings():
+    from mlx_stream_tts.claude import ErrorText
+
+    events = []
+    with Pipeline(FakeTranslator(), FakeVoice(), RecordingSink(), on_event=events.append, sentence_gap=0,
+                  early_start=False) as p:
+        p.feed("Sentence 1 is plain. And sentence 2 is held")
+        p.feed(ErrorText("\n\nNot logged in. Please run 3 login.\n\n"))
+        p.feed("Sentence 4 is plain again.")
+    chunked = [(e.text, e.reported_error) for e in events if e.stage == "chunked"]
+    assert chunked == [("Sentence 1 is plain.", False), ("And sentence 2 is held", False),
+                       ("Not logged in.", True), ("Please run 3 login.", True),
+                       ("Sentence 4 is plain again.", False)]
+    spoken = {e.seq: e.reported_error for e in events if e.stage == "done"}
+    assert spoken == {0: False, 1: False, 2: True, 3: True, 4: False}
+    assert [t.reported_error for t in p.timings()] == [False, False, True, True, False]
