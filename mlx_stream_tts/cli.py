@@ -34,29 +34,12 @@ def _open_input(path: str) -> BinaryIO:
 def _speak(args: argparse.Namespace) -> int:
     if args.server:
         return _speak_to_server(args)
-    from .chunking import SentenceChunker, speakable
-
-    translate = _translates(args)
     stream = _open_input(args.input)
     pieces = iter_text(stream, args.format, tools=args.tools)
-
     if args.dry_run:
-        # Same chunking and cleanup as the real run, without loading any model.
-        lang = "en" if translate else args.lang
-        chunker = SentenceChunker(lang=lang)
-        out = sys.stdout
-        try:
-            for piece in pieces:
-                for sentence in chunker.feed(piece):
-                    _print_speakable(out, speakable(sentence, lang, code=args.code))
-            for sentence in chunker.flush():
-                _print_speakable(out, speakable(sentence, lang, code=args.code))
-        except BrokenPipeError:  # the reader has gone (`| head`): stop, as Unix tools do
-            _quiet(sys.stdout)
-        except BinaryInput as err:
-            _say(_binary_message(err))
-            return 2
-        return 0
+        # What would be spoken, through the same pipeline as speech (cleanup, code cues, translation:
+        # the translator loads when there is one), printed instead of voiced: no voice, no sound.
+        args.no_voice, args.text, args.out, args.pcm = True, True, None, False
     return _speak_locally(args, pieces, _run)
 
 
@@ -119,6 +102,8 @@ def _speak_locally(args: argparse.Namespace, pieces, run: _Run) -> int:
         speed=args.speed,
         code=args.code,
         on_event=on_event,
+        # A dry run has no voice but prints what it would say: cues in the voice's language (Japanese).
+        cue_lang="ja" if args.dry_run else None,
         **pipeline_options(args),
     )
     run.pipeline = pipeline
@@ -438,7 +423,12 @@ def load_stages(args: argparse.Namespace):
         model_dir = args.model_dir or default_model_dir()
         try:
             translator = Translator.load(model_dir, backend=args.backend)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: cpu.AcceleratorError
+        except FileNotFoundError as err:
+            if not getattr(args, "dry_run", False):
+                raise SystemExit(f"mlx-stream-tts: {err}") from None
+            # A dry run still shows the sentences, cleanup and cues: in English, and says so.
+            logger.warning("no translator (%s): the dry run prints the English that would be translated", err)
+        except (ValueError, RuntimeError) as err:  # RuntimeError: cpu.AcceleratorError
             raise SystemExit(f"mlx-stream-tts: {err}") from None
 
     voice = None
@@ -495,11 +485,6 @@ def _with_cache(args: argparse.Namespace, translator, voice):
 def pipeline_options(args: argparse.Namespace) -> dict:
     """The pacing options of `speak` and `serve`, as Pipeline keywords."""
     return {"sentence_gap": args.gap, "clause_gap": args.clause_gap, "early_start": not args.no_early_start}
-
-
-def _print_speakable(out, text: str) -> None:
-    if text:
-        print(text, file=out, flush=True)
 
 
 def _binary_message(err: BinaryInput) -> str:
@@ -753,7 +738,8 @@ def build_parser(convert_commands: bool = True) -> argparse.ArgumentParser:
     speak.add_argument("input", nargs="?", default="-", help="input file, or - for stdin")
     speak.add_argument("--format", choices=["auto", "stream-json", "text"], default="auto", help="input format")
     speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
-    speak.add_argument("--dry-run", action="store_true", help="print the sentences that would be spoken, one per line, and exit without loading any model")
+    speak.add_argument("--dry-run", action="store_true", help="print what would be spoken, one sentence per line, through the same cleanup, code cues and translation "
+                            "as speech (the translator loads when translating; the voice never does)")
     speak.add_argument("--server", action="store_true",
                        help="send the input to the warm service (`mlx-stream-tts serve`) instead of loading the models; "
                             "the model and output options are the service's then")

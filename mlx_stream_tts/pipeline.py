@@ -228,6 +228,8 @@ class Pipeline:
             before its end has arrived (see the module docstring). Only with a voice.
         min_early_words: words the first clause needs before it may go ahead early (Japanese
             input, ``lang="ja"``: twice as many characters).
+        cue_lang: the language of the cues (a code block): by default the voice's, else the
+            translation's, else the text's (a dry run without a voice passes the voice's).
 
     Use as a context manager to ``close()`` on exit (``cancel()`` first if an exception, such as
     KeyboardInterrupt, is leaving the block).
@@ -253,6 +255,7 @@ class Pipeline:
         clause_gap: float = 0.1,
         early_start: bool = True,
         min_early_words: int = 8,
+        cue_lang: str | None = None,
     ) -> None:
         if code not in ("cue", "skip", "read"):
             raise ValueError(f"code must be 'cue', 'skip' or 'read', got {code!r}")
@@ -281,7 +284,7 @@ class Pipeline:
         self.sentence_gap, self.clause_gap = float(sentence_gap), float(clause_gap)
         self.early_start, self.min_early_words = bool(early_start), int(min_early_words)
         # The code cue is said in the language that is spoken (code_cue() takes "ja" or "jpn_Jpan").
-        self._cue_lang = voice.lang if voice is not None else tgt_lang if translator is not None else lang
+        self._cue_lang = cue_lang or (voice.lang if voice is not None else tgt_lang if translator is not None else lang)
         self._sample_rate = int(getattr(voice, "sample_rate", SAMPLE_RATE))
         # One thread at a time in each stage object, across pipelines (see the module docstring).
         self._locks = {"translate": _stage_lock(translator), "voice": _stage_lock(voice)}
@@ -675,7 +678,12 @@ class Pipeline:
             self._emit(item.seq, "skipped", item.source, error="code block")
             return None
         if code and self.code == "cue":
-            return code_cue(self._cue_lang), False
+            # A short one-line block (a command's output, a name) is read as it is, as speakable() does;
+            # any other block is the cue, in the language that is spoken.
+            said = speakable(item.source, self.lang, code="cue")
+            if not said.strip() or said == code_cue(self.lang):
+                return code_cue(self._cue_lang), False
+            return said, False
         # Code read aloud is not translated either: a translation model garbles it.
         text = speakable(item.source, self.lang, code=self.code)
         if not text.strip():

@@ -12,6 +12,7 @@ import pytest
 
 from mlx_stream_tts.audio import NullSink
 from mlx_stream_tts.chunking import code_cue
+from mlx_stream_tts.chunking import speakable
 from mlx_stream_tts.pipeline import Event
 from mlx_stream_tts.pipeline import Pipeline as _Pipeline
 
@@ -352,12 +353,24 @@ def test_code_block_gets_the_cue_without_translation():
     log = EventLog()
     tr = FakeTranslator()
     voice = FakeVoice(chunks=1, chunk_len=4)
-    text = "Sentence 1 is here.\n```python\nprint(42)\n```\nSentence 2 is here.\n"
+    text = "Sentence 1 is here.\n```python\nx = 42\nprint(x)\n```\nSentence 2 is here.\n"
     with Pipeline(tr, voice, RecordingSink(), on_event=log) as p:
         feed_in_pieces(p, text, max_piece=5)
     assert voice.texts == ["SENTENCE 1 IS HERE.", code_cue("ja"), "SENTENCE 2 IS HERE."]
     assert not any("print" in t for b in tr.batches for t in b)
     assert [e.text for e in log.of("first_audio")][1] == code_cue("ja")
+
+
+def test_a_short_one_line_code_block_is_read_untranslated_as_speakable_says():
+    # The same rule as speakable(code="cue"), which --dry-run prints: a command's output is read.
+    voice = FakeVoice(chunks=1, chunk_len=4)
+    tr = FakeTranslator()
+    block = "```\nsubagent-ran\n```\n"
+    with Pipeline(tr, voice, RecordingSink(), sentence_gap=0, early_start=False) as p:
+        p.feed("Sentence 1 is here.\n" + block)
+    assert voice.texts == ["SENTENCE 1 IS HERE.", speakable(block.strip(), "en", code="cue")] == \
+        ["SENTENCE 1 IS HERE.", "subagent-ran"]
+    assert not any("subagent" in t for b in tr.batches for t in b)
 
 
 def test_code_block_skipped_when_asked():
