@@ -49,6 +49,7 @@ import numpy as np
 from .threads import release_thread_streams
 from .audio import NullSink
 from .claude import is_error_text
+from .g2p_ja import describe_unsupported, unsupported_words
 from .chunking import SentenceChunker, code_cue, is_code_block, speakable
 from .types import SAMPLE_RATE, SinkLike, TranslatorLike, VoiceLike
 
@@ -719,6 +720,7 @@ class Pipeline:
                     continue
                 text = result
                 if not text.strip():
+                    logger.warning("sentence %d: the translator gave nothing for %r; skipped", item.seq, _short(item.source))
                     self._emit(item.seq, "skipped", item.source, error="empty translation")
                     continue
             if item.part == "head":
@@ -782,7 +784,7 @@ class Pipeline:
                 continue
             if not self._enter("voice", item.gen):
                 continue
-            failed = False
+            failed = spoke = False
             chunks = None
             gap = self.clause_gap if self._continues(item) else self.sentence_gap
             self._last_voiced = (item.gen, item.seq, item.part)
@@ -795,6 +797,7 @@ class Pipeline:
                         break  # an abandoned call's result is dropped here
                     audio = _check_chunk(chunk)
                     if audio.size:
+                        spoke = True
                         now = time.perf_counter()
                         if gap:
                             self._put_pause(item, gap, now)
@@ -812,6 +815,12 @@ class Pipeline:
                         close()  # stop a generator left early by cancel()
                 finally:
                     self._leave("voice")
+            if not (failed or spoke) and item.gen == self._gen and not self._quit.is_set():
+                # The voice had nothing it could say (e.g. a script it cannot read): say so, and why.
+                found = unsupported_words(item.text)
+                why = f"nothing the voice can say: {describe_unsupported(found)}" if found else "nothing the voice can say"
+                self._emit(item.seq, "skipped", item.source, error=why)
+                failed = True  # its end-of-sentence mark then brings no "done" event
             self._put(self._audio_q, _Audio(item.gen, item.seq, item.source, item.text, None, failed=failed))
 
     def _continues(self, item: _Spoken) -> bool:

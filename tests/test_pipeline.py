@@ -518,3 +518,33 @@ def test_an_error_the_input_reports_is_marked_in_events_and_timings():
     spoken = {e.seq: e.reported_error for e in events if e.stage == "done"}
     assert spoken == {0: False, 1: False, 2: True, 3: True, 4: False}
     assert [t.reported_error for t in p.timings()] == [False, False, True, True, False]
+
+
+def test_a_sentence_the_voice_cannot_say_is_reported_as_skipped_with_the_script():
+    class SilentOnCyrillic(FakeVoice):
+        def synthesize(self, text, speed=1.0):
+            if any("\u0400" <= ch <= "\u04ff" for ch in text):
+                return iter(())  # what the real voice does: nothing it can read, no audio
+            return super().synthesize(text, speed)
+
+    events = []
+    with Pipeline(None, SilentOnCyrillic(chunks=1), RecordingSink(), lang="en", on_event=events.append,
+                  sentence_gap=0, early_start=False) as p:
+        p.feed("Sentence 1 is fine. Привет мир. Sentence 3 is fine.")
+    skipped = [(e.text, e.error) for e in events if e.stage == "skipped"]
+    assert skipped == [("Привет мир.", "nothing the voice can say: 2 words in Cyrillic script: Привет, мир")]
+    assert [e.seq for e in events if e.stage == "done"] == [0, 2]
+
+
+def test_an_empty_translation_is_logged_and_skipped(caplog):
+    class Empty(FakeTranslator):
+        def translate(self, texts, src_lang, tgt_lang):
+            return ["" if "2" in t else t for t in texts]
+
+    events = []
+    with caplog.at_level("WARNING", logger="mlx_stream_tts.pipeline"):
+        with Pipeline(Empty(), FakeVoice(), RecordingSink(), on_event=events.append, sentence_gap=0,
+                      early_start=False) as p:
+            p.feed("Sentence 1 is here. Sentence 2 is lost. Sentence 3 is here.")
+    assert [(e.seq, e.error) for e in events if e.stage == "skipped"] == [(1, "empty translation")]
+    assert sum("gave nothing" in r.getMessage() for r in caplog.records) == 1
