@@ -524,23 +524,27 @@ class LMTranslator:
         stats = Generation(prompt_tokens=len(prompt), stop="length")
         tokens = stats.tokens
         shown = ""
-        for token in self._tokens(prompt, limit):
-            if not tokens and not stats.first_token_s:
-                stats.first_token_s = time.perf_counter() - started
-            if token in self.stop_ids:
-                stats.stop = "eos"
-                break
-            tokens.append(token)
-            if _repeating_tail(tokens):
-                stats.stop = "repetition"
-                break
-            certain, line_done = _clean(self._decode(tokens), source, final=False)
-            if stream and len(certain) > len(shown) and certain.startswith(shown):
-                yield certain[len(shown):]
-                shown = certain
-            if line_done:  # what follows the first line is commentary: not worth decoding
-                stats.stop = "line"
-                break
+        steps = self._tokens(prompt, limit)
+        try:
+            for token in steps:
+                if not tokens and not stats.first_token_s:
+                    stats.first_token_s = time.perf_counter() - started
+                if token in self.stop_ids:
+                    stats.stop = "eos"
+                    break
+                tokens.append(token)
+                if _repeating_tail(tokens):
+                    stats.stop = "repetition"
+                    break
+                certain, line_done = _clean(self._decode(tokens), source, final=False)
+                if stream and len(certain) > len(shown) and certain.startswith(shown):
+                    yield certain[len(shown):]
+                    shown = certain
+                if line_done:  # what follows the first line is commentary: not worth decoding
+                    stats.stop = "line"
+                    break
+        finally:
+            steps.close()  # mlx-lm's loop (and its wired-memory limit) ends now, not when collected
         kept = _cut_repetition(tokens) if stats.stop == "repetition" else tokens
         final = clean_translation(self._decode(kept), source)
         stats.new_tokens = len(tokens)

@@ -160,6 +160,18 @@ def test_bad_folders_get_clear_errors(tmp_path, qwen3_dir):
         Translator.load(misfit)
     with pytest.raises(ValueError, match="family must be one of"):
         LMTranslator.load(qwen3_dir, family="poetry")
+    # Weights that load but cannot translate.
+    import mlx.core as mx
+
+    broken = tmp_path / "nan"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((qwen3_dir / name).read_bytes())
+    weights = mx.load(str(qwen3_dir / "model.safetensors"))
+    weights["model.norm.weight"] = mx.full(weights["model.norm.weight"].shape, float("nan"))
+    mx.save_safetensors(str(broken / "model.safetensors"), weights)
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        Translator.load(broken)
 
 
 def test_mlx_lm_is_imported_only_when_a_model_loads(lfm2_dir):
@@ -311,6 +323,12 @@ def test_decoding_stops_at_the_end_of_the_first_line(qwen3, monkeypatch):
     scripted(tr, monkeypatch, ids(tr, "<think>\nThe user wants Japanese.\n</think>\n\nすべてのテストが通りました。"))
     assert tr.translate(["All tests pass."])[0] == "すべてのテストが通りました。"
     assert "".join(tr.translate_stream("All tests pass.")) == "すべてのテストが通りました。"
+    # Held back until the end of the reply, then given: quotes that may wrap the sentence, a possible label.
+    for reply, expected in (("「ファイルを確認します。」", "ファイルを確認します。"), ("Japanese", "Japanese")):
+        scripted(tr, monkeypatch, ids(tr, reply))
+        assert tr.translate(["I'll check the file."])[0] == expected and tr.last.stop == "eos"
+        pieces = list(tr.translate_stream("I'll check the file."))
+        assert pieces == [expected]
 
 
 @pytest.mark.parametrize("raw, source, expected", [
