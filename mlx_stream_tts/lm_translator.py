@@ -490,6 +490,21 @@ class LMTranslator:
             raise TypeError(f"translate_stream() takes a str, not {type(text).__name__}")
         yield from self._run(text, src_lang, tgt_lang, max_new_tokens, stream=True)
 
+    def generate(self, prompt: list[int], max_new_tokens: int, stop: bool = True) -> list[int]:
+        """Token level: the greedy ids after ``prompt`` (from :meth:`prompt_ids`), at most ``max_new_tokens``,
+        without cleaning or guards; with ``stop``, up to the first end of turn (not included). For
+        measurements: a fixed number of steps whatever the weights say."""
+        out: list[int] = []
+        steps = self._tokens(prompt, max_new_tokens)
+        try:
+            for token in steps:
+                if stop and token in self.stop_ids:
+                    break
+                out.append(token)
+        finally:
+            steps.close()
+        return out
+
     def warm(self, src_lang: str = "eng_Latn", tgt_lang: str = "jpn_Jpan") -> float:
         """Translates one short sentence once (not kept as context), so that the first real one finds the
         kernels built; call it from the thread that will translate. Returns the seconds spent (0.0 when

@@ -252,6 +252,8 @@ def test_greedy_tokens_are_mlx_lms_own(translator):
         assert ours == theirs[: len(ours)], text
         if stop in ("eos", "length"):  # nothing of ours cut it short: the whole of mlx-lm's output
             assert ours == theirs
+        assert translator.generate(translator.prompt_ids(text), limit) == theirs  # the token-level API
+        assert len(translator.generate(translator.prompt_ids(text), 7, stop=False)) == 7
         long_runs += len(ours) >= 8
     assert long_runs >= 2  # the comparison covered real sequences, not one token
 
