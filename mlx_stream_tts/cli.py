@@ -420,9 +420,8 @@ def load_stages(args: argparse.Namespace):
             src_lang, tgt_lang = resolve_lang(args.source), resolve_lang(args.to)
         except ValueError as err:
             raise SystemExit(f"mlx-stream-tts: {err}") from None
-        model_dir = args.model_dir or default_model_dir()
         try:
-            translator = Translator.load(model_dir, backend=args.backend)
+            translator = Translator.load(_translator_source(args), backend=args.backend)
         except FileNotFoundError as err:
             if not getattr(args, "dry_run", False):
                 raise SystemExit(f"mlx-stream-tts: {err}") from None
@@ -453,6 +452,13 @@ def load_stages(args: argparse.Namespace):
     return translator, voice, src_lang, tgt_lang, cache
 
 
+def _translator_source(args: argparse.Namespace):
+    """The translator to load: --translator, else --model-dir, else the default NLLB folder."""
+    from .translate import default_model_dir
+
+    return args.translator or args.model_dir or default_model_dir()
+
+
 def _with_cache(args: argparse.Namespace, translator, voice):
     """Wrap the stages with the phrase cache: what a model said once is said again in milliseconds."""
     from .phrase_cache import CachedTranslator, CachedVoice, fingerprint, open_default_cache
@@ -462,11 +468,13 @@ def _with_cache(args: argparse.Namespace, translator, voice):
         return translator, voice, None
     try:
         if translator is not None:
-            from .translate import default_model_dir, device_dtype
+            from .translate import device_dtype
 
-            # What produced the words: the weights, the dtype they run in, and which code ran them.
+            # What produced the words: the weights, the dtype they run in, and which code ran them (an
+            # mlx-lm model says it itself: its prompt family and context setting count too).
             runner = "cpu" if getattr(translator, "accelerator", None) is not None else "mlx"
-            model_id = f"nllb:{fingerprint(args.model_dir or default_model_dir())}:{device_dtype()}:{runner}"
+            model_id = (getattr(translator, "cache_id", None)
+                        or f"nllb:{fingerprint(_translator_source(args))}:{device_dtype()}:{runner}")
             translator = CachedTranslator(translator, cache, model_id=model_id)
         if voice is not None:
             from convert.kokoro import default_model_dir as kokoro_dir
@@ -601,7 +609,8 @@ def _serve_pipeline(args: argparse.Namespace, on_event):
                         on_event=events, **pipeline_options(args))
     pipeline.warm()
     info = {
-        "translator": f"{args.model_dir or 'default'} ({src_lang} -> {tgt_lang})" if translator is not None else None,
+        "translator": f"{args.translator or args.model_dir or 'default'} ({src_lang} -> {tgt_lang})"
+        if translator is not None else None,
         "voice": f"{args.voice} (speed {args.speed})" if voice is not None else None,
         "output": args.out or ("pcm on stdout" if args.pcm else "none" if args.no_play or voice is None else "sound card"),
         "cache": str(cache.path) if cache is not None else "off",
@@ -824,6 +833,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--text", action="store_true", help="print each sentence as it is spoken, like subtitles")
     add("--code", choices=["cue", "skip", "read"], default="cue", help="what to say for code blocks")
     add("--model-dir", help="converted NLLB model folder (default: the cache folder)")
+    add("--translator", metavar="ID_OR_FOLDER",
+        help="the translation model instead of NLLB: a hub id (e.g. LiquidAI/LFM2-350M-ENJP-MT) or a folder of a "
+             "decoder-only model that mlx-lm runs (see the README's 'Choosing a translator'); a converted NLLB "
+             "folder works too")
     add("--backend", choices=("auto", "mlx", "cpu"), default="auto",
         help="auto = the CPU accelerator where MLX runs on a CPU that supports it, else the pure MLX "
              "models (a GPU); mlx = the pure models; cpu = the accelerator or an error saying why not "
@@ -872,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--speed must be positive")
         if args.gap < 0 or args.clause_gap < 0:
             parser.error("--gap and --clause-gap must be >= 0")
+        if args.translator and args.model_dir:
+            parser.error("--translator and --model-dir are exclusive (--translator takes an NLLB folder too)")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[_StderrHandler()])
     _run = run = _Run()

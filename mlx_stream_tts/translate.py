@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
@@ -32,6 +33,9 @@ from .languages import joiner, lang_script, resolve_lang  # noqa: F401  (public 
 from .models.nllb import FORMAT_VERSION, Model, ModelArgs, quantize_model
 from .nllb_tokenizer import NllbTokenizer, load_tokenizer
 from .paths import cache_root
+
+if TYPE_CHECKING:
+    from .lm_translator import LMTranslator
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +126,14 @@ class Translator:
         len_ratio: float = 2.0,
         len_extra: int = 10,
         self_check: bool = True,
-    ) -> Translator:
-        """Load a converted model folder.
+    ) -> Translator | LMTranslator:
+        """Load a converted model folder, or an mlx-lm model (folder or hub id).
 
         Args:
-            path: the folder written by ``mlx-stream-tts convert nllb`` (default: :func:`default_model_dir`).
+            path: the folder written by ``mlx-stream-tts convert nllb`` (default: :func:`default_model_dir`);
+                or a decoder-only model that mlx-lm runs, as a folder in the hub layout or a hub id
+                (``LiquidAI/LFM2-350M-ENJP-MT``): that loads an :class:`~mlx_stream_tts.lm_translator.LMTranslator`
+                with ``dtype`` and ``self_check`` (the other options are NLLB's).
             dtype: the float weights' dtype: ``"auto"`` (:func:`device_dtype`: float32 on a CPU, float16 on
                 a GPU), ``"float32"``, ``"float16"``, ``"bfloat16"``, or None to keep the stored one.
                 Quantized weights stay quantized (their scales take this dtype).
@@ -140,8 +147,14 @@ class Translator:
                 but hold or produce NaN / infinite values, an unknown dtype or backend.
             AcceleratorError: ``backend="cpu"`` where the CPU accelerator cannot run.
         """
-        target = cls._dtype(dtype)
         resolve_backend(backend)  # a bad name fails before the weights are read
+        from .lm_translator import LMTranslator, is_lm_source  # here: it imports this module
+
+        if path is not None and is_lm_source(path):
+            if backend == "cpu":
+                logger.warning("the CPU accelerator is NLLB's: %s runs on the pure MLX model", path)
+            return LMTranslator.load(path, dtype=dtype, self_check=self_check)
+        target = cls._dtype(dtype)
         path = Path(path).expanduser() if path is not None else default_model_dir()
         how = CONVERT_COMMAND.format(out=path)
         if not path.is_dir():
