@@ -165,11 +165,24 @@ def source_tokens(hf: Path) -> list[str]:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. Linux: VmHWM, because ru_maxrss of a child started by
+    fork + exec is at least the parent's RSS at the fork (here ~1.3 GB after bandwidth_gbs), which
+    hid every smaller child's own peak; elsewhere ru_maxrss (bytes on macOS)."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux; the peak elsewhere)."""
+    kb = _proc_status_kb("VmRSS")
+    return kb / 1024 if kb is not None else peak_mb()
 
 
 def reset_peak() -> bool:
-    """Restart the peak RSS count from the current RSS (Linux: clear_refs 5); False where impossible."""
+    """Restart the peak count (VmHWM) from the current RSS (Linux: clear_refs 5); False where impossible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -177,15 +190,14 @@ def reset_peak() -> bool:
     return True
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (Linux; the peak elsewhere)."""
+def _proc_status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     except OSError:
         pass
-    return peak_mb()
+    return None
 
 
 # ------------------------------------------------------------------------------ engines (child)

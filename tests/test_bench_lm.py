@@ -113,6 +113,17 @@ def test_one_lm_row_runs_in_process_and_prints_beside_nllb(monkeypatch, capsys):
     assert "load average 1.0/1.0 before, 2.0/2.0 after" in out
 
 
+def test_peak_memory_is_this_process_own_and_can_restart(tmp_path):
+    import subprocess
+
+    assert translate.peak_mb() >= translate.rss_mb() > 0
+    # A child's peak is its own, not the parent's RSS at the fork (ru_maxrss would say at least that).
+    ballast = b"\x01" * (300 * 2**20)  # noqa: F841  (written, so resident, while the child runs)
+    code = f"import sys; sys.path.insert(0, {str(Path(translate.__file__).parent)!r}); import translate; print(translate.peak_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < translate.rss_mb() - 200
+
+
 def test_lm_rows_name_known_variants_and_bad_rows_are_refused():
     assert set(translate.DEFAULT_LM) <= set(translate.LM_ROWS)
     assert all(base in lm_models.VARIANTS for base in translate.LM_ROWS.values())
