@@ -588,17 +588,19 @@ def print_lm_table(results: dict, gbs_of: dict, runs: int, loads: tuple) -> None
                  f"{read} + {NEW_TOKENS}", context, *_bound_cells(r, gbs_of[name], per_token), f"{r['peak_mb']:.0f}"]
         print("| " + " | ".join(cells) + " |")
     lm = {name: r for name, r in results.items() if name in LM_ROWS}
-    shim = [name for name, r in lm.items() if r["gemv_shim"]]
+    # Quantized rows send only small attention products there: name the float32 ones.
+    shim = [name for name, r in lm.items() if r["gemv_shim"] and lm_models.VARIANTS[LM_ROWS[name]][1] is None]
     print(f"\nprompt tokens: the chat template's special tokens counted exactly, its text estimated as one token "
           f"per word or punctuation run (a floor for these 65k-152k byte-level vocabularies; "
           f"{lm_models.estimate_text_tokens(ENGLISH)} for the sentence, {len(ENGLISH) / 4:.0f} by 4 characters a "
           f"token); timed with random ids of that length. NLLB's source is {SRC_TOKENS} tokens (the test "
           f"tokenizer's pieces + language code + </s>). The context pair adds the previous sentence and a "
           f"{NEW_TOKENS}-token translation.")
-    print("first-token spread across runs (max - min, ms): "
-          + ", ".join(f"{name} {r['first_spread']:.0f}" for name, r in lm.items()))
-    print(f"one-row float32 products through the gemv shim: {', '.join(shim) or 'none'}; quantized rows use "
-          f"MLX's quantized CPU kernels. Peak RSS "
+    if runs > 1:
+        print("first-token spread across runs (max - min, ms): "
+              + ", ".join(f"{name} {r['first_spread']:.0f}" for name, r in lm.items()))
+    print(f"float32 weight products through the gemv shim: {', '.join(shim) or 'none'}; quantized rows use "
+          f"MLX's quantized CPU kernels (no BLAS; a Mac runs them on its GPU). Peak RSS "
           + ("from after the random build." if all(r["peak_reset"] for r in lm.values())
              else "includes the random build (this system cannot reset the count)."))
     print("These rows time mlx-lm's generation loop alone: the pipeline's Translator around it adds a little "
