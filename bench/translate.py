@@ -28,6 +28,21 @@ with and without the wrapper on the 600M shape (fp32, a fixed number of new toke
 The restricted variants keep 32,000 output rows chosen at random: the size we expect for
 ``--restrict-vocab jpn_Jpan`` on the real vocabulary (Han, kana, digits and punctuation); the
 random weights make the real script filter meaningless here.
+
+``--lm`` adds rows for small decoder-only translators run by mlx-lm (``--lm-only``: those rows alone;
+``--lm-models``: which). Each is a random-weight model of a real shape built by mlx-lm's own classes
+(bench/lm_models.py: LFM2-350M, the shape of LiquidAI/LFM2-350M-ENJP-MT; LFM2-1.2B; Qwen3-0.6B) in float32,
+8-bit or 4-bit (mlx-community's quantization, group 64), built in its own child process and timed through
+mlx-lm's generation loop (``generate_step``, greedy, its KV cache) on the same English sentence as the
+NLLB rows, rendered with the model's chat template and a translation instruction. A decoder-only model
+re-reads that whole prompt before its first token, so the rows count it: its tokens are estimated (no
+tokenizer files are reachable here; see lm_models.count_prompt_tokens) and fed as random ids of that
+length. Every row decodes exactly 32 new tokens (no end-of-sequence: random weights). Also timed: the
+first token when one earlier sentence pair is in the prompt as context (which NLLB cannot use). Peak RSS
+counts from after the random build (the float32 -> quantized transient of the build is not what loading
+the published weights costs). Quantized rows run MLX's quantized CPU kernels (no BLAS), slow on this CPU;
+a Mac runs them on the GPU. Rows suffixed ``-pure`` run without the gemv shim (backend ``mlx``). These
+numbers are the model's cost; the pipeline's Translator wrapper around mlx-lm adds a little on top.
 """
 
 from __future__ import annotations
@@ -44,6 +59,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one (the children run this file too)
+sys.path.insert(0, str(ROOT / "bench"))
+
+import lm_models  # noqa: E402  (bench/lm_models.py; imports nothing heavy)
+
 SRC_TOKENS = 24
 NEW_TOKENS = 32
 THREADS = 2
@@ -67,6 +86,13 @@ MLX_STEPS = {f"{name}-mlx": name for name in ("ours-fp32", "ours-fp32-r32k")}
 # The same folders on the pure model (backend "mlx", in a child without the accelerator).
 PURE = {f"{name}-pure": name for name in ("ours-fp32", "ours-fp32-r32k", "ours-int8-r32k")}
 PEERS = ["transformers-fp32", "transformers-bf16", "ct2-float32", "ct2-int8"]
+# Decoder-only rows (--lm): every shape x dtype of lm_models, and the float32 ones without the gemv shim.
+LM_ROWS = {**{name: name for name in lm_models.VARIANTS},
+           **{f"{name}-pure": name for name in lm_models.VARIANTS if name.endswith("-fp32")}}
+DEFAULT_LM = [f"{shape}-{tag}" for shape in ("lfm2-350m", "lfm2-1.2b") for tag in ("fp32", "q8", "q4")]
+# The sentence every row translates, and the one before it (the context of the LM rows' context column).
+ENGLISH = "Run the tests again before you commit the change, then open the file and read the first line."
+PREVIOUS = "I found the failing test: the parser drops the last argument."
 
 
 def cache_dir() -> Path:
@@ -133,14 +159,45 @@ def source_tokens(hf: Path) -> list[str]:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(hf / "sentencepiece.bpe.model"))
-    text = "Run the tests again before you commit the change, then open the file and read the first line."
-    pieces = sp.encode(text, out_type=str)[: SRC_TOKENS - 2]
+    pieces = sp.encode(ENGLISH, out_type=str)[: SRC_TOKENS - 2]
     assert len(pieces) == SRC_TOKENS - 2, len(pieces)
     return ["eng_Latn", *pieces, "</s>"]
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. Linux: VmHWM, because ru_maxrss of a child started by
+    fork + exec is at least the parent's RSS at the fork (here ~1.3 GB after bandwidth_gbs), which
+    hid every smaller child's own peak; elsewhere ru_maxrss (bytes on macOS)."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux; the peak elsewhere)."""
+    kb = _proc_status_kb("VmRSS")
+    return kb / 1024 if kb is not None else peak_mb()
+
+
+def reset_peak() -> bool:
+    """Restart the peak count (VmHWM) from the current RSS (Linux: clear_refs 5); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 # ------------------------------------------------------------------------------ engines (child)
@@ -234,6 +291,42 @@ def run_ct2(path: Path, tokens: list[str], runs: int) -> dict:
     return dict(times, loaded_mb=loaded_mb, peak_mb=peak_mb())
 
 
+def run_lm(name: str, runs: int) -> dict:
+    """One decoder-only row (see the module docstring), in this child process."""
+    import mlx_stream_tts  # noqa: F401  (OpenBLAS before mlx, and the gemv shim unless backend mlx)
+    import mlx.core as mx
+
+    from mlx_stream_tts.cpu import blas as _blas
+
+    _blas.set_blas_threads(THREADS)
+    shape, bits = lm_models.VARIANTS[LM_ROWS[name]]
+    model, config = lm_models.build_model(shape, bits)
+    mx.clear_cache()
+    peak_reset = reset_peak()
+    loaded_mb = rss_mb()
+    fam = lm_models.family(shape)
+    prompt_tokens = lm_models.count_prompt_tokens(fam, lm_models.render_chat(fam, ENGLISH))
+    # The earlier translation is as long as every output here: NEW_TOKENS.
+    context_tokens = NEW_TOKENS + lm_models.count_prompt_tokens(
+        fam, lm_models.render_chat(fam, ENGLISH, context=[(PREVIOUS, "")]))
+    ids = lm_models.prompt_ids(prompt_tokens, config["vocab_size"])
+    context_ids = lm_models.prompt_ids(context_tokens, config["vocab_size"], seed=1)
+    calls = _blas.gemv_calls()
+    firsts, totals, context_firsts = [], [], []
+    for run in range(runs + 1):  # the first is a warm-up
+        first, total = lm_models.timed_generation(model, ids, NEW_TOKENS)
+        context_first, _ = lm_models.timed_generation(model, context_ids, 1)
+        if run:
+            firsts.append(first), totals.append(total), context_firsts.append(context_first)
+    # Tied embeddings: the output head reads the whole embedding matrix every step, so a step reads
+    # every weight (the conv states and the short KV cache are negligible beside them).
+    weights = lm_models.weight_bytes(model)
+    return dict(first=min(firsts) * 1000, total=min(totals) * 1000, first_context=min(context_firsts) * 1000,
+                first_spread=(max(firsts) - min(firsts)) * 1000, prompt_tokens=prompt_tokens,
+                context_tokens=context_tokens, loaded_mb=loaded_mb, peak_mb=peak_mb(), peak_reset=peak_reset,
+                step_bytes=weights, gemv_shim=_blas.gemv_calls() > calls >= 0, encoder=None)
+
+
 def _best(fn, runs: int) -> float:
     fn()  # warm-up
     best = float("inf")
@@ -246,8 +339,10 @@ def _best(fn, runs: int) -> float:
 
 def child(name: str, folder: Path, runs: int) -> None:
     hf = folder / "hf"
-    tokens = source_tokens(hf)
-    if name in OURS:
+    tokens = None if name in LM_ROWS else source_tokens(hf)
+    if name in LM_ROWS:  # the -pure ones run with MLX_STREAM_TTS_BACKEND=mlx
+        result = run_lm(name, runs)
+    elif name in OURS:
         result = run_ours(folder / name, tokens, runs)
     elif name in MLX_STEPS:
         result = run_ours(folder / MLX_STEPS[name], tokens, runs, c_step=False)
@@ -376,11 +471,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (min is reported)")
     parser.add_argument("--only", nargs="+",
-                        help=f"engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PURE, *PEERS])})")
+                        help=f"NLLB engines to run (default all: {' '.join([*OURS, *MLX_STEPS, *PURE, *PEERS])}; "
+                             "none with --lm-only)")
+    parser.add_argument("--lm", action="store_true", help="also run the decoder-only (mlx-lm) rows")
+    parser.add_argument("--lm-only", action="store_true",
+                        help="the decoder-only rows alone (plus the NLLB engines named by --only)")
+    parser.add_argument("--lm-models", nargs="+", choices=list(LM_ROWS), metavar="ROW",
+                        help=f"decoder-only rows (implies --lm; default {' '.join(DEFAULT_LM)}; "
+                             f"all: {' '.join(LM_ROWS)})")
+    parser.add_argument("--lm-runs", type=int, default=3,
+                        help="timed runs per decoder-only row (min is reported; they are slow here)")
     parser.add_argument("--spans", action="store_true",
                         help="measure the protected-spans wrapper instead (protect/restore time, tokens, batch time)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.runs < 1 or args.lm_runs < 1:
+        parser.error("--runs and --lm-runs must be at least 1")
     folder = cache_dir()
     if args.spans:
         hf = build_hf(folder)
@@ -391,22 +497,27 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, folder, args.runs)
         return 0
 
-    folder.mkdir(parents=True, exist_ok=True)
-    names = args.only or [*OURS, *MLX_STEPS, *PURE, *PEERS]
-    hf = build_hf(folder)
+    lm_names = args.lm_models or (DEFAULT_LM if args.lm or args.lm_only else [])
+    names = args.only or ([] if args.lm_only else [*OURS, *MLX_STEPS, *PURE, *PEERS])
+    if names:
+        folder.mkdir(parents=True, exist_ok=True)
+        hf = build_hf(folder)
     for name in names:
         if name in OURS or name in MLX_STEPS or name in PURE:
             build_ours(folder, hf, MLX_STEPS.get(name, PURE.get(name, name)))
         elif name.startswith("ct2-"):
             build_ct2(folder, hf, name.split("-", 1)[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS))
+    load_before = os.getloadavg()
     results, gbs_of = {}, {}
-    for name in names:
+    for name in [*names, *lm_names]:
         # This shared VM's read speed drifts (41-79 GB/s seen): measure it beside each engine, before
         # and after, and keep the higher (the stricter bound).
         before = bandwidth_gbs()
-        child_env = dict(env, MLX_STREAM_TTS_BACKEND="mlx") if name in PURE else env
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(args.runs)],
+        pure = name in PURE or (name in LM_ROWS and name.endswith("-pure"))
+        child_env = dict(env, MLX_STREAM_TTS_BACKEND="mlx") if pure else env
+        runs = args.lm_runs if name in LM_ROWS else args.runs
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--runs", str(runs)],
                               capture_output=True, text=True, env=child_env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -417,9 +528,19 @@ def main(argv: list[str] | None = None) -> int:
         r = results[name]
         print(f"  {name}: total {r['total']:.0f} ms", file=sys.stderr, flush=True)
 
+    nllb = {name: r for name, r in results.items() if name not in LM_ROWS}
+    if nllb:
+        print_nllb_table(nllb, {name: gbs_of[name] for name in nllb}, args.runs)
+    if lm_names:
+        load_after = os.getloadavg()
+        print_lm_table(results, gbs_of, args.lm_runs, (load_before, load_after))
+    return 0
+
+
+def print_nllb_table(results: dict, gbs_of: dict, runs: int) -> None:
     ref = results.get("transformers-fp32", {}).get("total")
     best_peer = results.get("ct2-int8", {}).get("total")
-    print(f"\nbatch 1, {SRC_TOKENS}-token source, {NEW_TOKENS} new tokens, {THREADS} threads, min of {args.runs} runs; "
+    print(f"\nbatch 1, {SRC_TOKENS}-token source, {NEW_TOKENS} new tokens, {THREADS} threads, min of {runs} runs; "
           f"memory read speed (best of torch sum and a gemv over 1 GB, beside each engine): "
           f"{min(gbs_of.values(), default=0):.1f}-{max(gbs_of.values(), default=0):.1f} GB/s\n")
     print("| engine | encoder ms | first token ms | ms/token | total ms | x transformers fp32 | x CT2 int8 "
@@ -429,11 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         per_token = (r["total"] - r["first"]) / (NEW_TOKENS - 1)
         cells = [name, f"{r['encoder']:.0f}" if r["encoder"] is not None else "-", f"{r['first']:.0f}", f"{per_token:.1f}", f"{r['total']:.0f}",
                  f"{r['total'] / ref:.2f}" if ref else "-", f"{r['total'] / best_peer:.2f}" if best_peer else "-"]
-        if "step_bytes" in r:
-            bound = r["step_bytes"] / (gbs_of[name] * 1e9) * 1000
-            cells += [f"{r['step_bytes'] / 1e6:.0f}", f"{bound:.1f}", f"{per_token / bound:.2f}"]
-        else:
-            cells += ["-", "-", "-"]
+        cells += _bound_cells(r, gbs_of[name], per_token)
         cells.append(f"{r['peak_mb']:.0f}")
         print("| " + " | ".join(cells) + " |")
     for name, r in results.items():
@@ -441,7 +558,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: one more generation took {r['product_wall_s'] * 1000:.0f} ms, of which "
                   f"{r['product_s'] * 1000:.0f} ms in the gemv shim's own kernel "
                   f"({r['product_bytes'] / r['product_s'] / 1e9:.1f} GB/s)")
-    return 0
+
+
+def _bound_cells(r: dict, gbs: float, per_token: float) -> list[str]:
+    """MB read per step, the memory-bandwidth bound on ms/token, and how far above it a row is."""
+    if "step_bytes" not in r:
+        return ["-", "-", "-"]
+    bound = r["step_bytes"] / (gbs * 1e9) * 1000
+    return [f"{r['step_bytes'] / 1e6:.0f}", f"{bound:.1f}", f"{per_token / bound:.2f}"]
+
+
+def print_lm_table(results: dict, gbs_of: dict, runs: int, loads: tuple) -> None:
+    """The decoder-only rows, with the NLLB rows of the same run (if any) in the same columns."""
+    (b1, b5, _), (a1, a5, _) = loads
+    print(f"\ndecoder-only translators (mlx-lm, random weights of the real shapes), batch 1, the same English "
+          f"sentence ({len(ENGLISH)} characters), {NEW_TOKENS} new tokens, {THREADS} threads, min of {runs} runs; "
+          f"load average {b1:.1f}/{b5:.1f} before, {a1:.1f}/{a5:.1f} after, on {os.cpu_count()} cores\n")
+    print("| model | prompt tokens | first token ms | ms/token | total ms | tokens/sentence | first token ms "
+          "with 1 context pair (tokens) | MB read/step | bound ms/token | x bound | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        per_token = (r["total"] - r["first"]) / (NEW_TOKENS - 1)
+        if name in LM_ROWS:
+            prompt, read = str(r["prompt_tokens"]), r["prompt_tokens"]
+            context = f"{r['first_context']:.0f} ({r['context_tokens']})"
+        else:  # NLLB: the source goes through the encoder once; the decoder starts from the language code
+            prompt, read, context = f"{SRC_TOKENS} (encoder) nllb", SRC_TOKENS, "- (no context input)"
+        cells = [name, prompt, f"{r['first']:.0f}", f"{per_token:.1f}", f"{r['total']:.0f}",
+                 f"{read} + {NEW_TOKENS}", context, *_bound_cells(r, gbs_of[name], per_token), f"{r['peak_mb']:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+    lm = {name: r for name, r in results.items() if name in LM_ROWS}
+    # Quantized rows send only small attention products there: name the float32 ones.
+    shim = [name for name, r in lm.items() if r["gemv_shim"] and lm_models.VARIANTS[LM_ROWS[name]][1] is None]
+    print(f"\nprompt tokens: the chat template's special tokens counted exactly, its text estimated as one token "
+          f"per word or punctuation run (a floor for these 65k-152k byte-level vocabularies; "
+          f"{lm_models.estimate_text_tokens(ENGLISH)} for the sentence, {len(ENGLISH) / 4:.0f} by 4 characters a "
+          f"token); timed with random ids of that length. NLLB's source is {SRC_TOKENS} tokens (the test "
+          f"tokenizer's pieces + language code + </s>). The context pair adds the previous sentence and a "
+          f"{NEW_TOKENS}-token translation.")
+    if runs > 1:
+        print("first-token spread across runs (max - min, ms): "
+              + ", ".join(f"{name} {r['first_spread']:.0f}" for name, r in lm.items()))
+    print(f"float32 weight products through the gemv shim: {', '.join(shim) or 'none'}; quantized rows use "
+          f"MLX's quantized CPU kernels (no BLAS; a Mac runs them on its GPU). Peak RSS "
+          + ("from after the random build." if all(r["peak_reset"] for r in lm.values())
+             else "includes the random build (this system cannot reset the count)."))
+    print("These rows time mlx-lm's generation loop alone: the pipeline's Translator around it adds a little "
+          "(prompt rendering, tokenizing, detokenizing, output cleaning).")
 
 
 if __name__ == "__main__":
