@@ -475,7 +475,10 @@ def replay_peer(schedule: list[tuple[float, str]], translate: Callable[[str], st
                     if code == "skip":
                         line.skipped = "code block"
                         continue
-                    text, needs = code_cue(voice_lang), False
+                    # As the pipeline does: a short one-line block is read as it is, any other is the cue.
+                    said = speakable(line.source, lang, code="cue")
+                    cued = not said.strip() or said == code_cue(lang)
+                    text, needs = (code_cue(voice_lang) if cued else said), False
                 else:
                     text = speakable(line.source, lang, code=code)
                     needs = translate is not None and not is_code_block(line.source)
