@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import select
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -56,6 +57,12 @@ def read_pieces(stream: BinaryIO, size: int = _READ_SIZE) -> Iterator[bytes]:
         fd = None
     read = getattr(stream, "read1", stream.read)
     while True:
+        if fd is not None:
+            # Wait in short slices, not in one blocking read: a signal (Ctrl-C) delivered to another
+            # thread of the process (MLX's, OpenBLAS's) does not interrupt a read in this one, and its
+            # Python handler runs only once this thread runs Python code again.
+            while not select.select([fd], [], [], 0.05)[0]:
+                pass
         data = os.read(fd, size) if fd is not None else read(size)
         if not data:
             return
