@@ -4,6 +4,9 @@
     mlx-stream-tts speak notes.md --out notes.wav
     mlx-stream-tts convert nllb facebook/nllb-200-distilled-600M --out ~/.cache/mlx_stream_tts/nllb-200-distilled-600M
     mlx-stream-tts convert kokoro
+
+The parser and each command live here; how a local `speak` run ends (signals, a reader leaving, the
+output failing) is run_control.py; the warm service is service.py, its clients client.py.
 """
 
 from __future__ import annotations
@@ -16,11 +19,24 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO
+
+from . import run_control
+from .run_control import (
+    Interrupted,
+    Run,
+    SinkFailures,
+    StderrHandler,
+    exit_now,
+    in_background,
+    os_error,
+    quiet,
+    say,
+)
+from .source import BinaryInput, iter_text, read_pieces  # noqa: F401  (iter_text, read_pieces: also this module's names)
 
 logger = logging.getLogger("mlx_stream_tts")
 
-from .source import BinaryInput, iter_text, read_pieces  # noqa: E402,F401  (iter_text: also this module's public name)
 
 def _open_input(path: str) -> BinaryIO:
     if path == "-":
@@ -40,31 +56,31 @@ def _speak(args: argparse.Namespace) -> int:
         # What would be spoken, through the same pipeline as speech (cleanup, code cues, translation:
         # the translator loads when there is one), printed instead of voiced: no voice, no sound.
         args.no_voice, args.text, args.out, args.pcm = True, True, None, False
-    return _speak_locally(args, pieces, _run)
+    return _speak_locally(args, pieces, run_control.current)
 
 
-def _speak_locally(args: argparse.Namespace, pieces, run: _Run) -> int:
+def _speak_locally(args: argparse.Namespace, pieces, run: Run) -> int:
     """`speak` with the models in this process. The main thread only reads the input and waits (in
     short slices, so that a signal is handled at once); whatever ends the run early goes through
-    :meth:`_Run.end`."""
+    :meth:`Run.end`."""
     from .audio import AudioDeviceError, WavSink, open_sink
 
     run.local = True
     logger.info("loading the models")
-    translator, voice, src_lang, tgt_lang, _cache = _in_background(load_stages, args, name="load")
+    translator, voice, src_lang, tgt_lang, _cache = in_background(load_stages, args, name="load")
     from .pipeline import Pipeline, PipelineError
 
     try:
         # No voice, no audio: the sound card is not opened (subtitles work on a machine without one).
         sink = open_sink(args.out, pcm=args.pcm, play=not args.no_play and voice is not None)
     except (AudioDeviceError, OSError) as err:
-        raise SystemExit(f"mlx-stream-tts: {_os_error(err)}") from None
+        raise SystemExit(f"mlx-stream-tts: {os_error(err)}") from None
     run.sink = sink
     wav = sink if isinstance(sink, WavSink) else None
     if wav is not None:
         wav.checkpoint()  # from here on, a file cut short keeps whole sentences only
     # The output failing ends the run with one line saying why: not also a line per sentence.
-    run.filter_pipeline_log(_SinkFailures())
+    run.filter_pipeline_log(SinkFailures())
 
     # Subtitles go to stderr when stdout carries PCM.
     subtitle_out = sys.stderr if args.pcm else sys.stdout
@@ -118,18 +134,18 @@ def _speak_locally(args: argparse.Namespace, pieces, run: _Run) -> int:
             run.end(2, _binary_message(err))
         # Off the main thread: close() waits for the last audio and the model call in flight, and a
         # signal must find the main thread in a short wait, not inside close().
-        _in_background(pipeline.close, name="close")
+        in_background(pipeline.close, name="close")
     except (AudioDeviceError, PipelineError) as err:  # the device failed, or a worker died
         run.end(1, f"mlx-stream-tts: {err}", cut_short=True)
     except OSError as err:
         if wav is None or wav.kept_seconds is not None or wav.error is not err:
             raise
         run.finish()  # finishing the WAV failed (WavSink.close): it removed its temporary file
-        _say(f"mlx-stream-tts: cannot finish {wav.path}: {err.strerror or err}; no file written.")
+        say(f"mlx-stream-tts: cannot finish {wav.path}: {err.strerror or err}; no file written.")
         return 1
     run.finish()
     if run.sink_error is not None:  # failed while the last audio went out: the sink is closed already
-        _say(" ".join(filter(None, (run.sink_failure(), run.wav_note(cut_short=True)))))
+        say(" ".join(filter(None, (run.sink_failure(), run.wav_note(cut_short=True)))))
         return 1
     if run.reader_gone:
         return 0
@@ -141,264 +157,10 @@ def _speak_locally(args: argparse.Namespace, pieces, run: _Run) -> int:
                 note = f"; no file written at {wav.path}"
             except OSError:
                 pass
-        _say(f"mlx-stream-tts: {len(run.failed)} of {run.sentences} sentences could not be spoken "
+        say(f"mlx-stream-tts: {len(run.failed)} of {run.sentences} sentences could not be spoken "
              f"(see the errors above){note}")
         return 1
     return 0
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP arrived; ``code`` is the exit code that says which (128 + signal)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-        self.code = 128 + signum
-
-
-class _Run:
-    """How a `speak` run ends early, whatever ends it: SIGINT, SIGTERM or SIGHUP; the reader of our output
-    leaving (`| head`, on stdout or stderr); or the audio output failing (a full disk).
-
-    The first signal raises :class:`Interrupted` in the main thread, whose waits are short, and the run
-    ends within milliseconds: the pipeline is cancelled (the sound stops), a WAV keeps its whole
-    sentences, one line says so, stdio is flushed and the process leaves with ``os._exit``: MLX's
-    threads and a model call in flight are abandoned, not waited for, and their C++ teardown (which
-    can abort at interpreter exit) never runs. A second signal leaves at once. Exit codes: 128 + the
-    signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), as shells report a process killed by
-    it; 0 when the reader left; 1 when the output failed.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.local = False  # the models run in this process (`speak` without --server or --dry-run)
-        self.pipeline = None
-        self.sink = None
-        self.signum: int | None = None
-        self.sentences = 0  # sentences read (chunked) so far
-        self.failed: set[int] = set()  # sentences a stage failed on (the pipeline logs each failure once)
-        self.sink_error: str | None = None
-        self.reader_gone = False
-        self.stderr_gone = False
-        self.wake = threading.Event()  # watch() looks now
-        self._ending = threading.Lock()  # held by whoever ends the run, or by finish() when it ended normally
-        self._filters: list[logging.Filter] = []
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        """Handle SIGINT, SIGTERM and SIGHUP (only possible on the main thread; elsewhere a no-op)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._on_signal)
-
-    def uninstall(self) -> None:
-        """Put back the signal handlers and log filters (main() run in-process, by tests)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        for log_filter in self._filters:
-            logging.getLogger("mlx_stream_tts.pipeline").removeFilter(log_filter)
-
-    def filter_pipeline_log(self, log_filter: logging.Filter) -> None:
-        logging.getLogger("mlx_stream_tts.pipeline").addFilter(log_filter)
-        self._filters.append(log_filter)
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if self.signum is not None or self._ending.locked():  # a second signal, or the run ends anyway
-            self._abandon_wav()
-            _exit_now(128 + (self.signum or signum))
-        self.signum = signum
-        raise Interrupted(signum)
-
-    def reader_left(self, stream) -> None:
-        """Whoever reads our stdout or stderr has gone: stop (from any thread)."""
-        if stream is not None:
-            _quiet(stream)
-        self.reader_gone = True
-        self.wake.set()
-
-    def stderr_left(self) -> None:
-        _quiet(sys.stderr)
-        self.stderr_gone = True
-        self.reader_left(None)
-
-    def watch(self) -> None:
-        """The watcher thread of a local run: ends it when the reader leaves or the output fails. (The
-        timeout notices a PcmSink whose reader left between two events.) Returns once the run ended
-        normally (main() called in-process must not leave it behind)."""
-        while not self._ending.locked():
-            self.wake.wait(0.05)
-            self.wake.clear()
-            if getattr(self.sink, "broken", False):
-                self.reader_gone = True
-            if self.sink_error is not None:
-                self.end(1, self.sink_failure(), cut_short=True)
-            if self.reader_gone:
-                self.end(0, None, cut_short=True)
-
-    def end(self, code: int, message: str | None, cut_short: bool = False) -> NoReturn:
-        """Stop everything now and leave the process with ``code``, from any thread: the first caller
-        ends the run, later ones wait for it to exit."""
-        self._ending.acquire()
-        # Should cleaning up ever hang (a stuck audio driver), leave anyway.
-        backstop = threading.Timer(1.0, _exit_now, (code,))
-        backstop.daemon = True
-        backstop.start()
-        if self.pipeline is not None:
-            self.pipeline.cancel()  # drops everything pending; the sound stops at once
-        note = self._finish_wav(cut_short)
-        if note:  # a WAV was cut short: say what it holds, even when the reader left
-            message = f"{message} {note}" if message else f"mlx-stream-tts: {note}"
-        _exit_now(code, message)
-
-    def interrupted(self, err: Interrupted) -> NoReturn:
-        self.end(err.code, f"\nmlx-stream-tts: stopped ({signal.Signals(err.signum).name}).", cut_short=True)
-
-    def finish(self) -> None:
-        """The run ended normally: from now on a signal leaves at once. Waits for a run ending early."""
-        self._ending.acquire()
-
-    def sink_failure(self) -> str:
-        error = getattr(self.sink, "error", None)
-        if error is not None:  # a WAV: the file system refused it
-            return f"mlx-stream-tts: cannot write {self.sink.path}: {error.strerror or error}; stopped."
-        return f"mlx-stream-tts: the audio output failed ({self.sink_error}); stopped."
-
-    def wav_note(self, cut_short: bool) -> str | None:
-        """What a closed WAV holds, in words (None: not a WAV, or a whole run's WAV: nothing to say)."""
-        from .audio import WavSink
-
-        wav = self.sink
-        if not isinstance(wav, WavSink):
-            return None
-        if wav.kept_seconds is None:
-            return f"No sentence was complete: no file written at {wav.path}."
-        if not cut_short:
-            return None
-        return (f"Kept the first {wav.checkpoints} of {_sentences(self.sentences)} in {wav.path} "
-                f"({wav.kept_seconds:.1f} s, a valid WAV).")
-
-    def _finish_wav(self, cut_short: bool) -> str | None:
-        close = getattr(self.sink, "close", None)
-        if getattr(self.sink, "part_path", None) is None:  # not a WAV: nothing to finish
-            return None
-        try:
-            close(complete_only=cut_short)
-        except OSError as err:
-            return f"{self.sink.path} could not be finished ({err.strerror or err}): no file written."
-        return self.wav_note(cut_short)
-
-    def _abandon_wav(self) -> None:
-        """Leaving without finishing: remove a WAV's temporary file (the target stays as it was)."""
-        part = getattr(self.sink, "part_path", None)
-        if part is not None and getattr(self.sink, "kept_seconds", None) is None:
-            try:
-                os.unlink(part)
-            except OSError:
-                pass
-
-
-class _SinkFailures(logging.Filter):
-    """Drops the pipeline's per-sentence lines for the sink's failures (``"sentence %d: %s failed on
-    %r: %r"`` with the stage ``"sink"``): the command says it once, with what was kept."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) > 1 and args[1] == "sink")
-
-
-#: The current command's run (main() makes a fresh one per call).
-_run = _Run()
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Log lines on stderr that go quiet, once, when stderr's reader has gone (`2>&1 | head`), instead
-    of a "Logging error" report per line; a `speak` run then stops, as when stdout's reader leaves."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        if isinstance(sys.exc_info()[1], (OSError, ValueError)):  # BrokenPipeError, or a closed stream
-            _run.stderr_left()
-        else:
-            super().handleError(record)
-
-
-def _say(text: str) -> None:
-    """One line for the user on stderr (nothing, and no error, once nobody reads it)."""
-    if _run.stderr_gone:
-        return
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        _run.stderr_left()
-
-
-def _quiet(stream) -> None:
-    """Point ``stream``'s descriptor at /dev/null once its reader has gone (`| head`): what is still
-    buffered, and whatever is written later, goes nowhere instead of raising BrokenPipeError, at exit
-    too (what the Python docs recommend for SIGPIPE-like handling)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (AttributeError, OSError, ValueError):
-        pass
-
-
-def _exit_now(code: int, message: str | None = None) -> NoReturn:
-    """Say ``message``, flush stdio and leave the process without interpreter teardown: the threads of
-    MLX and of the pipeline are abandoned (their C++ destructors can abort when run at exit), and
-    nothing waits for a model call in flight. Saying and flushing get 0.1 s: a stalled reader of
-    stdout or stderr must not hold us."""
-
-    def flush() -> None:
-        if message:
-            _say(message)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-
-    flusher = threading.Thread(target=flush, name="exit-flush", daemon=True)
-    flusher.start()
-    flusher.join(0.1)
-    os._exit(code)
-
-
-def _in_background(func, *args, name: str):
-    """``func(*args)`` on a helper thread while the main thread waits in short slices: loading the models
-    keeps the interpreter busy in C for long stretches (MLX, NumPy), and a signal's handler only runs
-    on the main thread, between bytecodes. On a signal the helper is abandoned (the process leaves)."""
-    from .threads import release_thread_streams
-
-    outcome: dict[str, object] = {}
-
-    def call() -> None:
-        try:
-            outcome["value"] = func(*args)
-        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
-            outcome["error"] = err
-        finally:
-            release_thread_streams()  # MLX ran here: free this thread's streams before it ends
-
-    helper = threading.Thread(target=call, name=name, daemon=True)
-    helper.start()
-    while helper.is_alive():
-        helper.join(0.05)
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome.get("value")
-
-
-def _sentences(n: int) -> str:
-    return f"{n} sentence" if n == 1 else f"{n} sentences"
-
-
-def _os_error(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.filename and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    return str(err)
 
 
 def _translates(args: argparse.Namespace) -> bool:
@@ -414,7 +176,7 @@ def load_stages(args: argparse.Namespace):
     translator = None
     src_lang, tgt_lang = "eng_Latn", "jpn_Jpan"
     if _translates(args):
-        from .translate import Translator, default_model_dir, resolve_lang
+        from .translate import Translator, resolve_lang
 
         try:
             src_lang, tgt_lang = resolve_lang(args.source), resolve_lang(args.to)
@@ -520,7 +282,7 @@ def _speak_to_server(args: argparse.Namespace) -> int:
     except (client.NoService, ConnectionError) as err:
         raise SystemExit(f"mlx-stream-tts: {err}") from None
     if reader_gone[0]:
-        _quiet(sys.stdout)
+        quiet(sys.stdout)
     if "error" in answer:
         print(f"mlx-stream-tts: the service says: {answer['error']}", file=sys.stderr)
         return 1
@@ -572,7 +334,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         code = service.serve()
         if service.abandoned_load:  # stopped during the load: do not wait for it (nor tear MLX down under it)
-            _exit_now(code)
+            exit_now(code)
         return code
     except AlreadyRunning as err:
         raise SystemExit(f"mlx-stream-tts: {err}") from None
@@ -874,7 +636,6 @@ def add_convert_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _run
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(convert_commands="convert" in words)
     args = parser.parse_args(argv)
@@ -888,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.translator and args.model_dir:
             parser.error("--translator and --model-dir are exclusive (--translator takes an NLLB folder too)")
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[_StderrHandler()])
-    _run = run = _Run()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[StderrHandler()])
+    run = run_control.new_run()
     if args.command == "speak":
         run.install()  # SIGTERM and SIGHUP end a run as Ctrl-C does
     try:
@@ -897,13 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         if run.local:  # models and their threads in this process: leave now, without waiting for them
             run.interrupted(err)
-        _say(f"\nmlx-stream-tts: stopped ({signal.Signals(err.signum).name}).")
+        say(f"\nmlx-stream-tts: stopped ({signal.Signals(err.signum).name}).")
         return err.code
     except KeyboardInterrupt:
-        _say("\nmlx-stream-tts: stopped.")
+        say("\nmlx-stream-tts: stopped.")
         return 130
     except BrokenPipeError:
-        _quiet(sys.stdout)
+        quiet(sys.stdout)
         return 0
     finally:
         run.uninstall()
