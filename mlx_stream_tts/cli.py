@@ -509,8 +509,9 @@ def build_parser(convert_commands: bool = True) -> argparse.ArgumentParser:
     speak.add_argument("input", nargs="?", default="-", help="input file, or - for stdin")
     speak.add_argument("--format", choices=["auto", "stream-json", "text"], default="auto", help="input format")
     speak.add_argument("--tools", action="store_true", help="speak a short summary of each tool call")
-    speak.add_argument("--dry-run", action="store_true", help="print what would be spoken, one sentence per line, through the same cleanup, code cues and translation "
-                            "as speech (the translator loads when translating; the voice never does)")
+    speak.add_argument("--dry-run", action="store_true",
+                       help="print what would be spoken, one sentence per line, through the same cleanup, code cues "
+                            "and translation as speech (the translator loads when translating; the voice never does)")
     speak.add_argument("--server", action="store_true",
                        help="send the input to the warm service (`mlx-stream-tts serve`) instead of loading the models; "
                             "the model and output options are the service's then")

@@ -158,16 +158,10 @@ class TranscriptFollower:
             size: the file's size when the prompt came (default: its size now); what was appended
                 since is read.
         """
-        self._new_turn()
-        self._not_before = not_before
-        self._discarding = False
-        stat = self._stat()
-        if stat is None:
-            self._offset = 0
-            return
-        self._identity = (stat.st_dev, stat.st_ino)
-        end = stat.st_size if size is None else max(0, min(size, stat.st_size))
-        self._offset = self._line_start_at_or_before(end)
+        def place(file_size: int) -> int:
+            return self._line_start_at_or_before(file_size if size is None else max(0, min(size, file_size)))
+
+        self._reposition(not_before, place)
 
     def seek_turn_start(self) -> None:
         """Position after the last prompt a person typed, so the current turn is read in full.
@@ -176,15 +170,19 @@ class TranscriptFollower:
         from the end in blocks, at most ``MAX_SCAN_BYTES``; with no prompt in the file the whole
         file is the turn.
         """
+        self._reposition(None, self._find_turn_start)
+
+    def _reposition(self, not_before: float | None, place) -> None:
+        """Start a new turn at ``place(file size)`` (at 0 when the file cannot be read now)."""
         self._new_turn()
-        self._not_before = None
+        self._not_before = not_before
         self._discarding = False
         stat = self._stat()
         if stat is None:
             self._offset = 0
             return
         self._identity = (stat.st_dev, stat.st_ino)
-        self._offset = self._find_turn_start(stat.st_size)
+        self._offset = place(stat.st_size)
 
     def _new_turn(self) -> None:
         self._turn_texts = []
